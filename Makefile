@@ -1,0 +1,41 @@
+# One command each on a fresh machine: `make demo`, `make test`.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+# torch/torchvision are pinned to the builds that pip finds on local disk (see README).
+TORCH   := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test test-all demo lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+demo: $(STAMP)
+	$(PY) train.py --recipe recipes/demo_digits.yaml --output-dir runs/demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP)
+	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/bank_and_loss.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/update_readme.py
+
+clean:
+	rm -rf .venv runs .pytest_cache .ruff_cache
