@@ -1,0 +1,162 @@
+"""BaCon's memory banks: one slot per training sample (labeled first, then unlabeled).
+
+Centers c_k = mean of the feature bank over slots whose label-bank entry is k. The release recomputes
+them from the whole bank every step (O(N K)); here per-class sums and counts are updated
+incrementally -- each write subtracts the old contribution of the slots it changes and adds the new
+one -- which gives the same centers in O(batch d). Writes are sync-free tensor ops: duplicate slots
+in one write are resolved with a stable sort (the last masked write wins), never with boolean
+indexing, so the host never waits on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Gather, _identity
+
+
+def _last_writer(slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Resolve duplicate slots: returns (order, winner, is_last).
+
+    `order` sorts the entries by slot; for each sorted entry, `winner` is the original index of the
+    entry that decides its slot (the last masked one, else the last one) and `is_last` marks one
+    entry per distinct slot. Every entry of a slot then writes the winner's value, so duplicate
+    indices in `index_put_` carry identical values and the result is deterministic.
+    """
+    m = slots.numel()
+    pos = torch.arange(m, device=slots.device)
+    order = (slots * (2 * m) + mask.long() * m + pos).argsort()
+    s = slots[order]
+    is_last = torch.ones(m, dtype=torch.bool, device=slots.device)
+    is_last[:-1] = s[1:] != s[:-1]
+    end = torch.where(is_last, pos, m).flip(0).cummin(0).values.flip(0)
+    return order, order[end], is_last
+
+
+class MemoryBank(nn.Module):
+    """Label bank, feature bank and incrementally kept class centers.
+
+    quirks=True reproduces the release's feature bank (all-ones init, label-set-but-never-written
+    slots averaged into the centers); quirks 1 and 3 concern what is written and live in `BaCon`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_labeled: int,
+        num_unlabeled: int,
+        dim: int,
+        quirks: bool = False,
+        gather: Gather | None = None,
+    ) -> None:
+        super().__init__()
+        n = num_labeled + num_unlabeled
+        self.num_classes, self.num_labeled, self.num_unlabeled = (
+            num_classes,
+            num_labeled,
+            num_unlabeled,
+        )
+        self.dim, self.quirks = dim, quirks
+        self.gather: Gather = gather if gather is not None else _identity
+        self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
+        self.register_buffer("feats", torch.ones(n, dim) if quirks else torch.zeros(n, dim))
+        self.register_buffer("written", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("sums", torch.zeros(num_classes, dim))
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("label_counts", torch.zeros(num_classes, dtype=torch.long))
+
+    def slots(self, idx_lb: Tensor, idx_ulb: Tensor) -> Tensor:
+        """Bank slots of a batch: labeled idx_lb, unlabeled num_labeled + idx_ulb."""
+        return torch.cat([idx_lb, idx_ulb + self.num_labeled]).long()
+
+    def _member(self, labels: Tensor, written: Tensor) -> Tensor:
+        """Does a slot count toward its class center?"""
+        return (labels >= 0) & (written | self.quirks)
+
+    def _accumulate(self, labels: Tensor, feats: Tensor, member: Tensor, sign: int) -> None:
+        idx = labels.clamp_min(0)
+        w = member.to(self.sums.dtype) * sign
+        self.sums.index_add_(0, idx, feats.to(self.sums.dtype) * w[:, None])
+        self.counts.index_add_(0, idx, member.long() * sign)
+
+    @torch.no_grad()
+    def _write(
+        self, slots: Tensor, mask: Tensor, labels: Tensor | None, feats: Tensor | None
+    ) -> None:
+        dev = self.labels.device
+        meta = torch.stack(
+            [slots.long(), mask.long(), labels.long() if labels is not None else slots.long()], 1
+        ).to(dev)
+        meta = self.gather(meta)  # every rank writes every rank's entries, in rank order
+        if feats is not None:
+            feats = self.gather(feats.detach().to(device=dev, dtype=self.feats.dtype))
+        slots, mask, new_labels = meta[:, 0], meta[:, 1].bool(), meta[:, 2]
+        if slots.numel() == 0:
+            return
+        order, winner, is_last = _last_writer(slots, mask)
+        s, hit = slots[order], mask[winner]
+        old_label, old_feat, old_written = self.labels[s], self.feats[s], self.written[s]
+        label = torch.where(hit, new_labels[winner], old_label) if labels is not None else old_label
+        if feats is not None:
+            feat = torch.where(hit[:, None], feats[winner], old_feat)
+            written = old_written | hit
+        else:
+            feat, written = old_feat, old_written
+        once = is_last & hit  # one center update per changed slot
+        self._accumulate(old_label, old_feat, self._member(old_label, old_written) & once, -1)
+        self._accumulate(label, feat, self._member(label, written) & once, +1)
+        if labels is not None:
+            self.label_counts.index_add_(
+                0, old_label.clamp_min(0), ((old_label >= 0) & once).long() * -1
+            )
+            self.label_counts.index_add_(0, label.clamp_min(0), ((label >= 0) & once).long())
+            self.labels[s] = label
+        if feats is not None:
+            self.feats[s] = feat
+            self.written[s] = written
+
+    def update_labels(self, slots: Tensor, labels: Tensor, mask: Tensor) -> None:
+        """Yb[slot] = label where mask (gathered across ranks; last write wins)."""
+        self._write(slots, mask, labels, None)
+
+    def update_features(self, slots: Tensor, feats: Tensor, mask: Tensor) -> None:
+        """Fb[slot] = stopgrad(feat) where mask (gathered across ranks; last write wins)."""
+        self._write(slots, mask, None, feats)
+
+    def centers(self) -> tuple[Tensor, Tensor]:
+        """(centers [K, d], valid [K]); a class without members has a zero, invalid center."""
+        return self.sums / self.counts.clamp_min(1)[:, None], self.counts > 0
+
+    def class_counts(self) -> Tensor:
+        """n_k = number of label-bank entries equal to k (for BTA)."""
+        return self.label_counts
+
+    @torch.no_grad()
+    def full_stats(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(sums, counts, label_counts) recomputed from the whole bank, O(N d)."""
+        idx = self.labels.clamp_min(0)
+        member = self._member(self.labels, self.written)
+        sums = torch.zeros_like(self.sums).index_add_(0, idx, self.feats * member[:, None])
+        counts = torch.zeros_like(self.counts).index_add_(0, idx, member.long())
+        labelled = torch.zeros_like(self.label_counts).index_add_(0, idx, (self.labels >= 0).long())
+        return sums, counts, labelled
+
+    def recompute_centers(self) -> tuple[Tensor, Tensor]:
+        """What `centers()` must equal: the release's full recompute (tests, debugging)."""
+        sums, counts, _ = self.full_stats()
+        return sums / counts.clamp_min(1)[:, None], counts > 0
+
+    @torch.no_grad()
+    def resync(self) -> None:
+        """Replace the incremental sums by a full recompute, bounding float32 drift over long runs."""
+        sums, counts, labelled = self.full_stats()
+        self.sums.copy_(sums)
+        self.counts.copy_(counts)
+        self.label_counts.copy_(labelled)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, slots={self.labels.numel()}, dim={self.dim}, "
+            f"quirks={self.quirks}"
+        )

@@ -1,0 +1,64 @@
+"""FixMatch (Sohn et al. 2020): supervised CE + confidence-masked hard pseudo-labels on u^s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Algorithm, split_batch
+
+
+def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """mean_i mask_i * CE(logits_i, targets_i): a mean over ALL rows, not over the kept ones
+    (FixMatch's and ABC's normalisation: fewer confident samples means a smaller loss)."""
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    return (ce * mask.to(ce.dtype)).mean()
+
+
+@torch.no_grad()
+def pseudo_labels(logits_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(probs, confidence, hard label) from weak-view logits, without gradient."""
+    probs = logits_w.detach().float().softmax(dim=-1)
+    conf, label = probs.max(dim=-1)
+    return probs, conf, label
+
+
+def fixmatch_unlabeled_loss(
+    logits_s: Tensor, logits_w: Tensor, threshold: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """L_u = mean_j 1[max p(u_j^w) >= threshold] CE(logits_s_j, argmax p(u_j^w)); returns (L_u, mask)."""
+    _, conf, label = pseudo_labels(logits_w)
+    mask = (conf >= threshold).float()
+    return masked_cross_entropy(logits_s, label, mask), mask
+
+
+class FixMatch(Algorithm):
+    """L = L_s + lambda_u * L_u on the main head."""
+
+    name = "fixmatch"
+    eval_head = "main"
+
+    def fixmatch_losses(
+        self, out: Any, batch: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        b, u = self.sizes(batch)
+        logits_lb, logits_w, logits_s = split_batch(out.logits, b, u)
+        loss_x = F.cross_entropy(logits_lb.float(), batch["y_lb"])
+        loss_u, mask = fixmatch_unlabeled_loss(logits_s, logits_w, self.cfg.fixmatch.threshold)
+        logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
+        y_ulb = batch.get("y_ulb")
+        if y_ulb is not None:  # diagnostics only: accuracy of the kept pseudo-labels
+            known = (y_ulb >= 0).float() * mask
+            hit = (logits_w.detach().argmax(-1) == y_ulb).float() * known
+            logs["pl_acc"] = hit.sum() / known.sum().clamp_min(1.0)
+        return loss_x + self.cfg.fixmatch.lambda_u * loss_u, logs
+
+    def loss(
+        self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logs = self.fixmatch_losses(out, batch)
+        logs["loss"] = loss.detach()
+        return loss, logs
