@@ -1,0 +1,575 @@
+"""Image-classification sources: presets, any Hub id or local folder, decoded once to a uint8 cache.
+
+Every source ends as two `ImageSet`s (uint8 [N, S, S, 3] images resized to `image_size`, int64 labels with
+-1 = unknown) plus class names and normalisation statistics. Decoding happens once per (data, split, size)
+and is cached as .npz under `$BACON_ZOO_CACHE` (default `~/.cache/bacon_zoo`), so training never touches
+PIL decoding and the second load of CIFAR-10 is a file read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import io
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from bacon_zoo.data.splits import balanced_indices, class_counts
+from bacon_zoo.errors import UserError
+
+CACHE_FORMAT = 1  # bump when the decoded layout changes
+# held-out test splits use seed + offset, so they never mirror the split's own draw
+HOLDOUT_SEED_OFFSET = 7919
+TEST_SPLITS = ("test", "validation", "valid", "val")
+UNLABELED_SPLITS = ("unlabeled", "unlabelled", "unsupervised")
+LABEL_NAMES = ("label", "labels", "fine_label", "target", "class")
+OFFLINE_HINT = "use --dataset digits (bundled, offline), or a local folder (parquet files, save_to_disk, imagefolder)"
+
+
+@dataclass
+class ImageSet:
+    """Decoded images (uint8 [N, H, W, 3]) and labels (int64 [N], -1 = unknown)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> ImageSet:
+        idx = np.asarray(idx, dtype=np.int64)
+        return ImageSet(self.images[idx], self.labels[idx])
+
+
+@dataclass
+class SourceData:
+    """A data set ready for splitting: train (may hold label -1 images) and a labeled test set."""
+
+    train: ImageSet
+    test: ImageSet
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+    fingerprint: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named data set: where it lives, its columns, and (when published) its normalisation."""
+
+    hub_id: str | None
+    image_column: str
+    label_column: str
+    config: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    # without a test split: the held-out per-class count, and a fixed seed for it (not the run seed)
+    test_per_class: int | None = None
+    holdout_seed: int | None = None
+    builder: Callable[[], Any] | None = field(default=None, compare=False)  # in-process source
+
+
+@functools.cache  # the same in-memory Dataset for every load in a process
+def _digits_dataset() -> Any:
+    """scikit-learn's bundled 8x8 digits (1,797 images, offline) as a `datasets.Dataset`, 0..255 grayscale."""
+    import datasets
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = np.clip(np.rint(raw.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": list(images), "label": raw.target.astype(np.int64).tolist()}, features=features
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "cifar10": Preset(
+        "uoft-cs/cifar10", "img", "label",
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616),
+    ),
+    "cifar100": Preset(
+        "uoft-cs/cifar100", "img", "fine_label",
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+    ),
+    "svhn": Preset(
+        "ufldl-stanford/svhn", "image", "label", config="cropped_digits",
+        mean=(0.4380, 0.4440, 0.4730), std=(0.1751, 0.1771, 0.1744),
+    ),
+    "stl10": Preset(
+        "tanganke/stl10", "image", "label",
+        mean=(0.4409, 0.4279, 0.3868), std=(0.2683, 0.2610, 0.2687),
+    ),
+    "digits": Preset(None, "image", "label", test_per_class=30, holdout_seed=0, builder=_digits_dataset),
+}  # fmt: skip
+
+
+def preset_env_var(name: str) -> str:
+    """`BACON_ZOO_CIFAR10` etc.: a local copy of a preset, used instead of the Hub id when set."""
+    return f"BACON_ZOO_{name.upper()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# opening a data set
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BACON_ZOO_CACHE") or Path.home() / ".cache" / "bacon_zoo")
+
+
+def _hub_offline() -> bool:
+    """True when the user asked for offline mode (read at call time: tests set the env var late)."""
+    import datasets.config
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+    return env or bool(datasets.config.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the Hub endpoint: fails in milliseconds without network, unlike the retries."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _is_save_to_disk(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+_FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".arrow": "arrow",
+}
+
+
+def _open_local(path: Path) -> dict[str, Any]:
+    import datasets
+
+    try:
+        if path.is_dir() and _is_save_to_disk(path):
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            builder = _FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise UserError(
+                    f"'{path}' is a {path.suffix or 'suffix-less'} file; give a folder, or a "
+                    f"{'/'.join(_FILE_BUILDERS)} file"
+                )
+            loaded = datasets.load_dataset(builder, data_files={"train": str(path)})
+        else:
+            loaded = datasets.load_dataset(str(path))
+    except UserError:
+        raise
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetsError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"could not read a data set from '{path}' ({msg}); expected parquet/csv/json files, "
+            "an image folder, or a save_to_disk folder"
+        ) from None
+    return _as_splits(loaded)
+
+
+def _open_hub(repo: str, config: str | None, revision: str | None) -> dict[str, Any]:
+    import datasets
+
+    offline = _hub_offline()
+    if offline and not datasets.config.HF_HUB_OFFLINE:
+        # HF_HUB_OFFLINE was set after `datasets` was imported: it would still try the network.
+        raise UserError(
+            f"HF_HUB_OFFLINE is set, so the Hub data set '{repo}' cannot be loaded; {OFFLINE_HINT}"
+        )
+    if not offline and not _hub_reachable():
+        raise UserError(
+            f"cannot reach the Hugging Face Hub to load '{repo}' (no network); {OFFLINE_HINT}, "
+            "or set HF_HUB_OFFLINE=1 to use a copy already in the datasets cache"
+        )
+    try:
+        loaded = datasets.load_dataset(repo, config, revision=revision)
+    except ConnectionError as e:
+        why = "offline mode" if offline else "connection failed"
+        raise UserError(
+            f"could not load '{repo}' from the Hub ({why}: {type(e).__name__}); {OFFLINE_HINT}"
+        ) from None
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError):
+        raise UserError(
+            f"dataset '{repo}' is not a preset ({', '.join(PRESETS)}), a local path, or a Hub data set; "
+            "check the spelling"
+        ) from None
+    except ValueError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"could not load '{repo}' from the Hub ({msg}); check --dataset-revision and the config"
+        ) from None
+    return _as_splits(loaded)
+
+
+def _as_splits(loaded: Any) -> dict[str, Any]:
+    import datasets
+
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": loaded}
+    return dict(loaded)
+
+
+# ---------------------------------------------------------------------------------------------
+# columns and labels
+
+
+def _find_columns(ds: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """The first `Image` and `ClassLabel` features unless named; a wrong name lists what exists."""
+    import datasets
+
+    feats = ds.features
+    cols = list(feats)
+    avail = ", ".join(f"{c} ({type(feats[c]).__name__})" for c in cols)
+    for given, what, flag in (
+        (image_column, "image", "--image-column"),
+        (label_column, "label", "--label-column"),
+    ):
+        if given is not None and given not in feats:
+            raise UserError(
+                f"{what} column '{given}' not found; available columns: {avail}; set {flag}"
+            )
+    if image_column is None:
+        image_column = next((c for c in cols if isinstance(feats[c], datasets.Image)), None)
+        if image_column is None:
+            raise UserError(
+                f"no Image column found; available columns: {avail}; set --image-column"
+            )
+    if label_column is None:
+        label_column = next((c for c in cols if isinstance(feats[c], datasets.ClassLabel)), None)
+        if label_column is None:
+            label_column = next(
+                (c for c in LABEL_NAMES if c in feats and isinstance(feats[c], datasets.Value)),
+                None,
+            )
+        if label_column is None:
+            raise UserError(
+                f"no ClassLabel column found; available columns: {avail}; set --label-column"
+            )
+    return image_column, label_column
+
+
+def _class_names(ds: Any, label_column: str) -> list[str] | None:
+    """ClassLabel names, or None when labels are plain values (then derived from the data)."""
+    import datasets
+
+    feat = ds.features[label_column]
+    return list(feat.names) if isinstance(feat, datasets.ClassLabel) else None
+
+
+def _raw_labels(ds: Any, label_column: str) -> list[Any]:
+    return ds.data.column(label_column).to_pylist()
+
+
+def _encode_labels(raw: list[Any], names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Integer labels (None -> -1) and the class names; string labels are mapped through sorted names."""
+    present = [v for v in raw if v is not None and not (isinstance(v, (int, np.integer)) and v < 0)]
+    if names is None:
+        if present and all(isinstance(v, str) for v in present):
+            names = sorted(set(present))
+        elif present and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present
+        ):
+            names = [str(i) for i in range(int(max(present)) + 1)]
+        elif not present:
+            names = []
+        else:
+            raise UserError(
+                "the label column holds neither integers nor strings; set --label-column"
+            )
+    lookup = {n: i for i, n in enumerate(names)}
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, v in enumerate(raw):
+        if v is None:
+            out[i] = -1
+        elif isinstance(v, str):
+            if v not in lookup:
+                raise UserError(
+                    f"label '{v}' is not one of the {len(names)} classes of the train split"
+                )
+            out[i] = lookup[v]
+        else:
+            out[i] = int(v)
+    if (out >= len(names)).any():
+        raise UserError(
+            f"labels go up to {int(out.max())} but the train split has {len(names)} classes"
+        )
+    return out, names
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding, once, to a uint8 cache
+
+
+def _to_rgb(value: Any, size: int) -> np.ndarray:
+    """One decoded image (PIL, array or {bytes}) as uint8 [size, size, 3]: RGB, center-fit, resized."""
+    from PIL import Image, ImageOps
+
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        value = Image.open(io.BytesIO(value["bytes"]))
+    elif isinstance(value, dict) and value.get("path"):
+        value = Image.open(value["path"])
+    if not isinstance(value, Image.Image):
+        arr = np.asarray(value)
+        if arr.dtype != np.uint8:
+            scale = 255.0 if arr.size and float(arr.max()) <= 1.0 else 1.0
+            arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
+            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+        value = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+    if value.mode != "RGB":
+        value = value.convert("RGB")
+    if value.size != (size, size):
+        value = ImageOps.fit(value, (size, size), method=Image.Resampling.BICUBIC)
+    return np.asarray(value, dtype=np.uint8)
+
+
+def decode_images(
+    ds: Any, image_column: str, image_size: int, batch_size: int = 1000
+) -> np.ndarray:
+    """Decode a column once into uint8 [N, S, S, 3] (batched reads; PIL per image only here)."""
+    col = ds.select_columns([image_column])
+    out = np.empty((len(col), image_size, image_size, 3), dtype=np.uint8)
+    pos = 0
+    for batch in col.iter(batch_size=batch_size):
+        for value in batch[image_column]:
+            out[pos] = _to_rgb(value, image_size)
+            pos += 1
+    return out
+
+
+def _cache_key(ds: Any, split: str, image_column: str, image_size: int) -> str | None:
+    """Key decoded arrays by the data set's fingerprint; None for in-memory data (nothing to reuse)."""
+    fp = getattr(ds, "_fingerprint", None)
+    if not fp or not getattr(ds, "cache_files", None):
+        return None
+    raw = f"{CACHE_FORMAT}|{fp}|{split}|{image_column}|{image_size}|{len(ds)}"
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+
+
+def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shareable like any other
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_images(
+    ds: Any, split: str, image_column: str, image_size: int, name: str, decode: bool = True
+) -> np.ndarray:
+    """`decode_images`, read from / written to the on-disk cache when the data set has a fingerprint.
+
+    `decode=False` returns a zero-size [N, 0, 0, 3] placeholder: for label-only work (tables, splits).
+    """
+    if not decode:
+        return np.empty((len(ds), 0, 0, 3), dtype=np.uint8)
+    key = _cache_key(ds, split, image_column, image_size)
+    if key is None:
+        return decode_images(ds, image_column, image_size)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-60:]
+    path = cache_dir() / "decoded" / f"{safe}-{split}-{image_size}px-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                images = z["images"]
+            if images.shape[0] == len(ds):
+                return images
+        except (OSError, ValueError, KeyError):
+            pass  # a corrupt cache file: decode again and overwrite it
+    images = decode_images(ds, image_column, image_size)
+    with contextlib.suppress(
+        OSError
+    ):  # a read-only cache is not fatal: the next load decodes again
+        _save_npz_atomic(path, images=images)
+    return images
+
+
+def channel_stats(
+    images: np.ndarray, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] over uint8 [N, H, W, 3], in chunks (no float copy of the set)."""
+    n = 0
+    s1 = np.zeros(3, dtype=np.float64)
+    s2 = np.zeros(3, dtype=np.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        n += len(x)
+        s1 += x.sum(0)
+        s2 += np.square(x).sum(0)
+    if n == 0:
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
+    return tuple(float(round(v, 4)) for v in mean), tuple(
+        float(round(max(v, 1e-3), 4)) for v in std
+    )
+
+
+def _fingerprint(train: ImageSet, test: ImageSet, extra: str) -> str:
+    """Content hash of the labels (what split indices depend on), the revision and the held-out choice."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(extra.encode())
+    for arr in (train.labels, test.labels):
+        h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry point
+
+
+def load_source(
+    dataset: str,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    revision: str | None = None,
+    image_size: int = 32,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    decode: bool = True,
+) -> SourceData:
+    """Load a preset, a Hub id or a local folder as decoded train/test `ImageSet`s.
+
+    Train includes any `unlabeled` split with label -1. Without a test split, a balanced per-class test
+    set is held out of train (`test_per_class`, default min(100, 20% of the smallest class), seeded by
+    `seed`). `decode=False` skips the images (zero-size placeholders; mean/std NaN unless the preset
+    gives them): labels, split and fingerprint are the same as with decoding.
+    """
+    if image_size < 1:
+        raise UserError(f"image_size must be positive, got {image_size}")
+    # a preset name wins over a same-named folder: write ./name for the folder
+    preset = PRESETS.get(dataset.lower())
+    path = Path(dataset).expanduser()
+    if preset is not None:
+        image_column = image_column or preset.image_column
+        label_column = label_column or preset.label_column
+        local = os.environ.get(preset_env_var(dataset))
+        if preset.builder is not None:
+            splits = {"train": preset.builder()}
+        elif local:
+            if not Path(local).exists():
+                raise UserError(
+                    f"{preset_env_var(dataset)}={local} does not exist; fix or unset it"
+                )
+            splits = _open_local(Path(local))
+        else:
+            splits = _open_hub(preset.hub_id, preset.config, revision)
+    elif path.exists():
+        splits = _open_local(path)
+    elif dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
+        raise UserError(f"local data set '{dataset}' does not exist; check the path")
+    elif "/" not in dataset and (
+        close := difflib.get_close_matches(dataset.lower(), PRESETS, 1, 0.8)
+    ):
+        raise UserError(
+            f"unknown data set '{dataset}' (did you mean {close[0]}?); presets: {', '.join(PRESETS)}, "
+            "or give a Hub id (owner/name) or a local folder"
+        )
+    else:
+        splits = _open_hub(dataset, None, revision)
+
+    if not splits:
+        raise UserError(f"data set '{dataset}' has no splits")
+    train_name = "train" if "train" in splits else next(iter(splits))
+    test_name = next((s for s in TEST_SPLITS if s in splits and s != train_name), None)
+    unl_names = [s for s in UNLABELED_SPLITS if s in splits and s != train_name]
+    train_ds = splits[train_name]
+    image_column, label_column = _find_columns(train_ds, image_column, label_column)
+
+    names = _class_names(train_ds, label_column)
+    train_labels, names = _encode_labels(_raw_labels(train_ds, label_column), names)
+    parts_img = [cached_images(train_ds, train_name, image_column, image_size, dataset, decode)]
+    parts_lab = [train_labels]
+    for s in unl_names:
+        if image_column not in splits[s].features:
+            raise UserError(
+                f"split '{s}' has no column '{image_column}'; columns: {', '.join(splits[s].features)}"
+            )
+        parts_img.append(cached_images(splits[s], s, image_column, image_size, dataset, decode))
+        parts_lab.append(np.full(len(splits[s]), -1, dtype=np.int64))
+    train = ImageSet(*(p[0] if len(p) == 1 else np.concatenate(p) for p in (parts_img, parts_lab)))
+    if not names:
+        raise UserError(
+            f"data set '{dataset}' has no labeled training images; check --label-column"
+        )
+
+    if test_name is not None:
+        test_ds = splits[test_name]
+        _find_columns(test_ds, image_column, label_column)
+        test_labels, _ = _encode_labels(_raw_labels(test_ds, label_column), names)
+        test = ImageSet(
+            cached_images(test_ds, test_name, image_column, image_size, dataset, decode),
+            test_labels,
+        )
+        if (test.labels < 0).any():
+            test = test.subset(np.flatnonzero(test.labels >= 0))
+        holdout = "split"
+    else:
+        counts = class_counts(train.labels, len(names))
+        per_class = test_per_class or (preset.test_per_class if preset else None)
+        if per_class is None:
+            per_class = max(1, min(100, int(0.2 * min(counts))))
+        if per_class >= min(counts):
+            k = int(np.argmin(counts))
+            raise UserError(
+                f"class {k} ('{names[k]}') has {counts[k]} images, too few to hold out {per_class} per class "
+                "for testing; use a smaller --test-per-class"
+            )
+        hseed = (
+            preset.holdout_seed
+            if preset and preset.holdout_seed is not None
+            else seed + HOLDOUT_SEED_OFFSET
+        )
+        test_idx = balanced_indices(train.labels, len(names), per_class, hseed, class_names=names)
+        keep = np.ones(len(train), dtype=bool)
+        keep[test_idx] = False
+        test = train.subset(test_idx)
+        train = train.subset(np.flatnonzero(keep))
+        holdout = f"holdout{per_class}@{hseed}"
+
+    if preset is not None and preset.mean is not None:
+        mean, std = preset.mean, preset.std
+    elif not decode:
+        mean = std = (float("nan"),) * 3
+    else:
+        mean, std = channel_stats(train.images)
+    fp = _fingerprint(train, test, f"{revision or ''}|{holdout}")
+    return SourceData(train, test, list(names), tuple(mean), tuple(std), dataset, fp)
