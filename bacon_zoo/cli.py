@@ -15,6 +15,7 @@ from bacon_zoo.errors import UserError
 
 COMMAND_MODULES = [
     "bacon_zoo.train.cli",
+    "bacon_zoo.data.cli",
 ]
 
 

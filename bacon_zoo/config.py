@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -141,6 +142,24 @@ RUNTIME_KEYS = (
 # parsing values
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false are booleans, so `mixed_precision: no` stays the string "no"."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse recipe / --set text (YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
@@ -181,7 +200,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return str(value)
         if typ is dict or origin is dict:
             if isinstance(value, str):
-                value = yaml.safe_load(value) if value.strip() else {}
+                value = yaml_load(value) if value.strip() else {}
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
@@ -232,7 +251,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise UserError(f"--set expects key=value, got '{item}' (e.g. --set bacon.tau0=0.2)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         _deep_merge(merged, _nested(key.strip(), value))
@@ -276,7 +295,7 @@ def load_recipe(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             f"recipe '{path.name}' names itself as a base (cycle: {' -> '.join(p.name for p in _seen)})"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -353,7 +372,7 @@ def load_run_config(run_dir: Path) -> TrainConfig:
         raise UserError(
             f"'{run_dir}' is not a run directory (no config.yaml); point at a train output dir"
         )
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return config_from_dict(yaml_load(path.read_text()))
 
 
 # ---------------------------------------------------------------------------------------------

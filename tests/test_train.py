@@ -1,0 +1,160 @@
+"""End-to-end trainer runs on the offline digits preset: every algorithm, exact resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+from bacon_zoo.config import build_config
+from bacon_zoo.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
+    "batch_size=4", "mu=2", "steps=6", "eval_every=3", "checkpoint_every=3", "keep_checkpoints=3",
+    "num_workers=0", "max_eval_samples=60", "cpu=true", "mixed_precision=no", "export=false",
+    "log_every=2", "eval_batch_size=32",
+    # thresholds at 0 so that the banks fill and the contrastive term is active from step 0
+    "bacon.start=0", "bacon.anchor_threshold=0", "bacon.bank_threshold=0", "abc.threshold=0",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def tiny_cfg(out: Path, *extra: str):
+    return build_config(None, None, [*TINY, f"output_dir={out}", *extra])
+
+
+def run(cfg):
+    from bacon_zoo.train.trainer import train
+
+    return train(cfg)
+
+
+@pytest.mark.parametrize("algorithm", ["fixmatch", "abc", "bacon"])
+def test_tiny_run_per_algorithm(tmp_path, algorithm):
+    summary = run(tiny_cfg(tmp_path, f"algorithm={algorithm}"))
+    assert summary["status"] == "complete" and summary["num_evals"] == 2
+    assert summary["eval_head"] == ("main" if algorithm == "fixmatch" else "abc")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6]
+    assert rows[-1]["num_samples"] == 60 and len(rows[-1]["per_class"]) == 10
+    for name in ("config.yaml", "split.json", "data.json", "summary.json", "predictions.npz"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "checkpoints" / "step_0000006").is_dir()
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
+
+
+def _state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Model, EMA and algorithm (memory bank) tensors of an accelerate checkpoint."""
+    out = {f"model.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}
+    for i, name in ((1, "ema"), (2, "algo")):
+        sd = torch.load(ckpt / f"custom_checkpoint_{i}.pkl", weights_only=False)
+        out |= {f"{name}.{k}": v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    return out
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    run(tiny_cfg(straight))
+
+    # the same run, stopped by SIGTERM during the second step (checkpointed at step 2), then resumed
+    from bacon_zoo.algorithms.bacon import BaCon
+
+    original = BaCon.after_step
+
+    def after_step(self, step, total_steps):
+        original(self, step, total_steps)
+        if step == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(BaCon, "after_step", after_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg(interrupted))
+    assert [p.name for p in (interrupted / "checkpoints").iterdir()] == ["step_0000002"]
+    monkeypatch.setattr(BaCon, "after_step", original)
+    AcceleratorState._reset_state(True)
+    with pytest.raises(UserError, match="pass --resume"):
+        run(tiny_cfg(interrupted))
+    run(tiny_cfg(interrupted, "resume=auto"))
+
+    a, b = (
+        _state(straight / "checkpoints/step_0000006"),
+        _state(interrupted / "checkpoints/step_0000006"),
+    )
+    assert a.keys() == b.keys() and any(k.startswith("algo.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a = (straight / "metrics.jsonl").read_text().splitlines()
+    rows_b = (interrupted / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["top1"] for r in rows_a] == [json.loads(r)["top1"] for r in rows_b]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    run(tiny_cfg(tmp_path, "steps=3"))
+    AcceleratorState._reset_state(True)
+    with pytest.raises(UserError, match="different config"):
+        run(tiny_cfg(tmp_path, "steps=3", "lr=0.1", "resume=auto"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_count_every_test_image_once(tmp_path):
+    out = tmp_path / "ddp"
+    sets = [a for s in TINY if not s.startswith(("cpu=", "max_eval")) for a in ("--set", s)]
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(ROOT / "train.py"), "--cpu",
+        *sets, "--set", "max_eval_samples=61", "--output-dir", str(out),
+    ]  # fmt: skip
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_processes"] == 2
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["num_samples"] == 61 for r in rows)  # 61 is odd: padding duplicates are dropped
+    preds = np.load(out / "predictions.npz")
+    assert sorted(preds["indices"].tolist()) == list(range(61))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--algorithm", "fixmatchh"], "algorithm 'fixmatchh' is not one of"),
+        (["--set", "bacon.nope=1"], "unknown config key 'bacon.nope'"),
+        (["--dataset", "/no/such/dataset/folder"], "/no/such/dataset/folder"),
+        (["--backbone", "wrn28-2"], "wrn28_2"),
+        (["--n1", "5000"], "5000"),
+    ],
+)
+def test_bad_input_gives_one_line(tmp_path, args, message):
+    cmd = [sys.executable, str(ROOT / "train.py"), *[a for s in TINY for a in ("--set", s)]]
+    cmd += ["--output-dir", str(tmp_path / "r"), *args]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
