@@ -1,0 +1,126 @@
+"""`bacon-zoo export | push | pull | predict | zoo`: the Hub side of the zoo.
+
+Each command imports torch / timm / huggingface_hub inside its function, so `bacon-zoo --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a run as a timm Hub repo folder (weights, config.json, model card)",
+        description="Writes RUN_DIR/export (or --out): the EMA model's evaluation head as a timm "
+        "classifier, the full BaconNet, the run's records and a model card. Atomic.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="export folder (default: RUN_DIR/export)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint dir (default: the latest)")
+    p.add_argument(
+        "--name", metavar="ARCH.TAG", help="model name (default e.g. wrn28_2.bacon_cifar10_lt)"
+    )
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser(
+        "push",
+        help="upload an export to a Hugging Face Hub model repo",
+        description="Creates the repo if needed and uploads the export; the token comes from HF_TOKEN "
+        "or `hf auth login`. The local export is never modified.",
+    )
+    p.add_argument("export_dir", metavar="EXPORT_DIR")
+    p.add_argument("repo_id", metavar="ORG/NAME")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", metavar="BRANCH", help="branch to push to (created if needed)")
+    p.add_argument(
+        "--add-to-zoo", action="store_true", help="record it in model_cards/index.json as pushed"
+    )
+    p.set_defaults(func=run_push)
+
+    p = subparsers.add_parser(
+        "pull",
+        help="download a model repo (into the HF cache or --local-dir)",
+        description="Downloads with huggingface_hub's cache; prints the folder.",
+    )
+    p.add_argument("repo_id", metavar="ORG/NAME")
+    p.add_argument("--revision", metavar="REV")
+    p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the cache")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.set_defaults(func=run_pull)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="classify image files with an exported model",
+        description="MODEL: an export folder, local-dir:PATH, hf-hub:ORG/NAME, ORG/NAME or a zoo tag.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--topk", type=int, default=5, help="labels to print per image (default 5)")
+    p.set_defaults(func=run_predict)
+
+    p = subparsers.add_parser(
+        "zoo",
+        help="list the zoo (model_cards/index.json); `zoo add EXPORT_DIR` adds an export",
+        description="Without a subcommand: print the zoo table.",
+    )
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=run_zoo_list)
+    zsub = p.add_subparsers(dest="zoo_command", metavar="{add}")
+    a = zsub.add_parser("add", help="add or update the entry of an export and copy its card")
+    a.add_argument("export_dir", metavar="EXPORT_DIR")
+    a.add_argument("--hub-id", metavar="ORG/NAME", help="the Hub repo it is (or will be) pushed to")
+    a.add_argument("--tag", help="timm pretrained tag (default: from --hub-id or the export name)")
+    a.add_argument("--pushed", action="store_true", help="mark it pushed (needs --hub-id)")
+    a.set_defaults(func=run_zoo_add)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.export import export_run
+
+    out = export_run(args.run_dir, out_dir=args.out, checkpoint=args.checkpoint, name=args.name)
+    print(out)
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.hubio import push
+
+    url = push(args.export_dir, args.repo_id, private=args.private, revision=args.revision)
+    print(url)
+    if args.add_to_zoo:
+        from bacon_zoo.hub.zoo import add
+
+        entry = add(args.export_dir, hub_id=args.repo_id, pushed=True)
+        print(f"zoo: {entry['name']} -> {entry['card']}")
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.hubio import pull
+
+    print(pull(args.repo_id, revision=args.revision, local_dir=args.local_dir, force=args.force))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.hubio import predict
+
+    for path, top in zip(args.images, predict(args.model, args.images, topk=args.topk)):
+        print(f"{path}: " + ", ".join(f"{label} ({100 * p:.1f}%)" for label, p in top))
+    return 0
+
+
+def run_zoo_list(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.zoo import format_table, load_index
+
+    print(format_table(load_index(), markdown=args.markdown))
+    return 0
+
+
+def run_zoo_add(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.zoo import add
+
+    entry = add(args.export_dir, hub_id=args.hub_id, tag=args.tag, pushed=args.pushed)
+    print(f"{entry['name']}: {entry['status']}, card {entry['card']}")
+    return 0

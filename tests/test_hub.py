@@ -1,0 +1,434 @@
+"""Export, model card, push/pull through a fake Hub, load_pretrained, --init-from and the zoo.
+
+The run directory is built by hand (a tiny 3-class WRN-28-2, no training). The fake-Hub round trip
+runs in a subprocess with HF_ENDPOINT set, because huggingface_hub reads it at import; the offline case
+patches the two constants huggingface_hub reads at call time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard, metadata_load
+
+import bacon_zoo.models  # noqa: F401  (registers wrn28_2 in timm)
+from bacon_zoo.config import TrainConfig, save_config
+from bacon_zoo.errors import UserError
+from bacon_zoo.hub import cli as hub_cli
+from bacon_zoo.hub import zoo
+from bacon_zoo.hub.card import METRICS, card_metrics, setting_string
+from bacon_zoo.hub.export import eval_head, export_run, load_bacon_net, load_bacon_net_weights
+from bacon_zoo.hub.hubio import load_pretrained, predict
+from bacon_zoo.models import BaconNet
+from bacon_zoo.train.metrics import summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "dog", "frog"]
+MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+STEP = 20
+SIZE = 16  # small inputs keep the CPU forwards cheap (WRN pools globally)
+
+
+def _tree_digest(folder: Path, skip: str | None = None) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not (skip and p.relative_to(folder).parts[0] == skip)
+    }
+
+
+def _make_run(run: Path, algorithm: str = "bacon") -> BaconNet:
+    """A run directory as the trainer leaves it, with a random (but BN-calibrated) EMA BaconNet."""
+    torch.manual_seed(0)
+    net = BaconNet("wrn28_2", num_classes=3, proj_dim=16)
+    with torch.no_grad():  # distinct heads and non-trivial BN statistics
+        net.train()(torch.randn(8, 3, SIZE, SIZE))
+        net.head_abc.weight.normal_(0, 0.5)
+    net.eval()
+    cfg = TrainConfig(
+        algorithm=algorithm, dataset="cifar10", n1=20, m1=40, imb_ratio_l=10, imb_ratio_u=10,
+        steps=STEP, batch_size=4, mu=2, eval_every=10, seed=3, image_size=SIZE,
+    )  # fmt: skip
+    run.mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    data = {
+        "dataset": "cifar10", "num_classes": 3, "class_names": CLASSES, "mean": MEAN, "std": STD,
+        "image_size": SIZE, "labeled_counts": [20, 6, 2], "unlabeled_counts": [40, 12, 4],
+        "num_test": 30,
+    }  # fmt: skip
+    (run / "data.json").write_text(json.dumps(data))
+    (run / "split.json").write_text(json.dumps({"labeled": [[0, 1]], "unlabeled": [[2, 3]]}))
+    rows = [
+        {"step": 10, "top1": 50.0, "balanced_acc": 40.0, "gmean": 30.0, "head": 90.0,
+         "medium": 20.0, "tail": 10.0, "per_class": [90.0, 20.0, 10.0], "num_samples": 30},
+        {"step": 20, "top1": 43.33, "balanced_acc": 43.33, "gmean": 38.1, "head": 70.0,
+         "medium": 40.0, "tail": 20.0, "per_class": [70.0, 40.0, 20.0], "num_samples": 30},
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = summarize(rows) | {
+        "status": "complete", "steps": STEP, "algorithm": algorithm, "backbone": "wrn28_2",
+        "dataset": "cifar10", "seed": 3, "params": sum(p.numel() for p in net.parameters()),
+        "images_per_s": 123.4, "num_processes": 1, "mixed_precision": "no",
+        "labeled_counts": data["labeled_counts"], "eval_head": "main" if algorithm == "fixmatch" else "abc",
+    }  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    ckpt = run / "checkpoints" / f"step_{STEP:07d}"
+    ckpt.mkdir(parents=True)
+    torch.save(
+        {"module." + k: v for k, v in net.state_dict().items()}, ckpt / "custom_checkpoint_1.pkl"
+    )
+    (run / "analysis").mkdir()
+    (run / "analysis" / "analysis.md").write_text("# analysis\n")
+    (run / "analysis" / "tsne.png").write_bytes(b"\x89PNG fake")
+    return net
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny forwards: one thread avoids OpenMP stalls on a shared 2-core machine (2 s -> 20 ms)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    run = tmp_path_factory.mktemp("hub") / "run"
+    net = _make_run(run)
+    before = _tree_digest(run)
+    out = export_run(run)
+    assert _tree_digest(run, skip="export") == before  # the run's own files are untouched
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net(x)
+    return {"run": run, "out": out, "net": net, "x": x, "ref": ref}
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def test_export_is_a_timm_repo_giving_the_ema_eval_head(exported):
+    out, x, ref = exported["out"], exported["x"], exported["ref"]
+    for f in ("model.safetensors", "config.json", "bacon_net.safetensors", "bacon_net.json",
+              "recipe.yaml", "split.json", "data.json", "metrics.jsonl", "summary.json",
+              "README.md", "per_class_accuracy.png", "analysis/analysis.md", "analysis/tsne.png"):  # fmt: skip
+        assert (out / f).is_file(), f
+    assert (out / "recipe.yaml").read_text() == (exported["run"] / "config.yaml").read_text()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "wrn28_2" and cfg["num_classes"] == 3
+    assert cfg["label_names"] == CLASSES and cfg["num_features"] == 128
+    assert (
+        cfg["pretrained_cfg"]["input_size"] == [3, SIZE, SIZE]
+        and cfg["pretrained_cfg"]["mean"] == MEAN
+    )
+
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(logits, ref.logits_abc, rtol=0, atol=0)
+    assert not torch.allclose(logits, ref.logits, atol=1e-3)  # it is the ABC head, not the main one
+
+    loaded, data_cfg = load_pretrained(str(out))
+    assert not loaded.training and data_cfg["input_size"] == (3, SIZE, SIZE)
+    assert list(data_cfg["mean"]) == MEAN and list(data_cfg["std"]) == STD
+    assert list(loaded.pretrained_cfg["label_names"]) == CLASSES
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ref.logits_abc, rtol=0, atol=0)
+
+
+def test_eval_head_follows_the_algorithm():
+    assert eval_head({}, "fixmatch") == "main" and eval_head({}, "bacon") == "abc"
+    assert eval_head({"eval_head": "main"}, "abc") == "main"
+
+
+def test_init_from_round_trip_and_mismatch(exported):
+    out, x, ref = exported["out"], exported["x"], exported["ref"]
+    model = BaconNet("wrn28_2", num_classes=3, proj_dim=16)
+    load_bacon_net_weights(model, f"local-dir:{out}")
+    with torch.no_grad():
+        got = model.eval()(x)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(load_bacon_net(out)(x).proj, ref.proj, rtol=0, atol=0)
+
+    with pytest.raises(UserError, match="don't fit") as e:
+        load_bacon_net_weights(BaconNet("wrn28_2", num_classes=4), str(out))
+    assert "\n" not in str(e.value) and "num_classes=3" in str(e.value)
+
+
+def test_corrupt_safetensors_are_refused(exported, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(exported["out"], copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # truncated download / disk full
+    with pytest.raises(UserError, match="truncated or corrupt") as e:
+        load_pretrained(f"local-dir:{copy}")
+    assert "\n" not in str(e.value)
+    net_w = copy / "bacon_net.safetensors"
+    data = bytearray(net_w.read_bytes())
+    data[-10:] = b"\x00" * 10  # same size, flipped bytes: caught by the recorded checksum
+    net_w.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum"):
+        load_bacon_net_weights(BaconNet("wrn28_2", num_classes=3), copy)
+
+
+def test_failed_export_keeps_the_previous_one(exported, monkeypatch, tmp_path):
+    run, out = exported["run"], exported["out"]
+    before = _tree_digest(out)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("bacon_zoo.hub.card.build_card", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_run(run)
+    assert _tree_digest(out) == before
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    with pytest.raises(UserError, match="replace the run directory"):
+        export_run(run, out_dir=run)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a bacon-zoo export"):
+        export_run(run, out_dir=tmp_path / "other")
+
+
+# ---------------------------------------------------------------------------------------------
+# card
+
+
+def test_card_parses_back_with_the_run_numbers(exported):
+    out = exported["out"]
+    summary = json.loads((exported["run"] / "summary.json").read_text())
+    meta = metadata_load(out / "README.md")
+    assert meta["library_name"] == "timm" and meta["license"] == "apache-2.0"
+    assert {"image-classification", "timm", "bacon-zoo", "semi-supervised-learning",
+            "class-imbalance", "bacon"} <= set(meta["tags"])  # fmt: skip
+    assert meta["datasets"] == ["uoft-cs/cifar10"] and "base_model" not in meta
+    card = ModelCard.load(out / "README.md")
+    results = card.data.eval_results
+    recipe = {"n1": 20, "m1": 40, "imb_ratio_l": 10.0, "imb_ratio_u": 10.0}
+    assert (
+        {r.dataset_config for r in results}
+        == {setting_string(recipe)}
+        == {"N1=20,M1=40,gamma_l=10,gamma_u=10"}
+    )
+    assert {r.task_type for r in results} == {"image-classification"}
+    got = card_metrics(out / "README.md")
+    assert got == {(w, k): summary[w][k] for w in ("best", "last") for k in METRICS}
+    assert got[("best", "top1")] == summary["best_top1"] == 50.0
+    text = (out / "README.md").read_text()
+    for needle in ("arXiv", "2403.12986", "Feng, Qianhan", "official_quirks", "analysis/analysis.md",
+                   "per_class_accuracy.png", "| frog | 2 | 4 |", "20 steps x 4 labeled + 8 unlabeled",
+                   "hf-hub:<org>/wrn28_2.bacon_cifar10_lt", "`steps`: 20 (release: 300000)"):  # fmt: skip
+        assert needle in text, needle
+
+
+# ---------------------------------------------------------------------------------------------
+# predict, CLI, zoo
+
+
+def test_predict_top_k(exported, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    top = predict(str(exported["out"]), paths, topk=2)
+    assert len(top) == 2 and all(len(t) == 2 for t in top)
+    assert all(label in CLASSES for t in top for label, _ in t)
+    assert all(t[0][1] >= t[1][1] for t in top)
+    with pytest.raises(UserError, match="not found"):
+        predict(str(exported["out"]), [tmp_path / "missing.png"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bacon-zoo")
+    hub_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_commands_parse():
+    p = _parser()
+    assert p.parse_args(["export", "runs/x", "--out", "e"]).func is hub_cli.run_export
+    assert p.parse_args(["push", "e", "me/m", "--private"]).private
+    assert p.parse_args(["pull", "me/m", "--revision", "v1"]).revision == "v1"
+    assert p.parse_args(["predict", "e", "a.png", "b.png", "--topk", "2"]).images == [
+        "a.png",
+        "b.png",
+    ]
+    assert p.parse_args(["zoo"]).func is hub_cli.run_zoo_list
+    assert p.parse_args(["zoo", "add", "e", "--hub-id", "me/m"]).func is hub_cli.run_zoo_add
+
+
+def test_zoo_add_table_and_conflicts(exported, tmp_path, monkeypatch, capsys):
+    index = tmp_path / "model_cards" / "index.json"
+    monkeypatch.setenv(zoo.INDEX_ENV, str(index))
+    args = _parser().parse_args(["zoo"])
+    args.func(args)
+    assert "empty" in capsys.readouterr().out
+    summary = json.loads((exported["out"] / "summary.json").read_text())
+    entry = zoo.add(exported["out"])
+    assert entry["name"] == "wrn28_2.bacon_cifar10_lt" and entry["status"] == "trained here"
+    assert (entry["top1"], entry["balanced"], entry["tail"]) == (
+        summary["best_top1"], summary["best"]["balanced_acc"], summary["best"]["tail"],
+    )  # fmt: skip
+    card = tmp_path / entry["card"]
+    assert (
+        card.is_file() and "(wrn28_2.bacon_cifar10_lt/per_class_accuracy.png)" in card.read_text()
+    )
+    assert (card.parent / entry["name"] / "per_class_accuracy.png").is_file()
+    entry = zoo.add(exported["out"], hub_id="me/wrn28_2.bacon_cifar10_lt", pushed=True)
+    assert len(zoo.load_index()["models"]) == 1 and entry["status"] == "pushed"
+    assert "hf-hub:me/wrn28_2.bacon_cifar10_lt" in card.read_text()
+    args.func(args)
+    table = capsys.readouterr().out
+    assert "wrn28_2.bacon_cifar10_lt" in table and "50.00" in table and "pushed" in table
+    other = json.loads(json.dumps(zoo.load_index()))
+    other["models"][0]["seed"] = 99
+    zoo.save_index(other)
+    with pytest.raises(UserError, match="--tag"):
+        zoo.add(exported["out"])
+    assert (
+        zoo.add(exported["out"], tag="bacon_cifar10_lt_s3")["name"] == "wrn28_2.bacon_cifar10_lt_s3"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hub, through tests/hub_server.py (subprocesses: HF_* variables are read at import)
+
+
+def _hub_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env |= {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    return env | extra
+
+
+def _run_py(code: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_push_pull_load_and_zoo_tag_through_a_fake_hub(exported, tmp_path):
+    from hub_server import HubServer
+
+    out = exported["out"]
+    np.save(tmp_path / "x.npy", exported["x"].numpy())
+    np.save(tmp_path / "ref.npy", exported["ref"].logits_abc.numpy())
+    before = _tree_digest(out)
+    code = f"""
+    import json, numpy as np, timm, torch
+    from pathlib import Path
+    from huggingface_hub import ModelCard
+    import bacon_zoo.models
+    from bacon_zoo.errors import UserError
+    from bacon_zoo.hub import zoo
+    from bacon_zoo.hub.hubio import load_pretrained, pull, push
+    out, tmp = Path({str(out)!r}), Path({str(tmp_path)!r})
+    x, ref = torch.from_numpy(np.load(tmp / "x.npy")), torch.from_numpy(np.load(tmp / "ref.npy"))
+    res = {{}}
+    res["url"] = push(out, "org/wrn28_2.bacon_test")
+    got = pull("org/wrn28_2.bacon_test")
+    res["same_weights"] = (got / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    res["files"] = sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file())
+    res["card_repo"] = "hf-hub:org/wrn28_2.bacon_test" in (got / "README.md").read_text()
+    res["card_results"] = [[r.metric_config, r.metric_type, r.metric_value]
+                           for r in ModelCard.load(got / "README.md").data.eval_results]
+    model, cfg = load_pretrained("hf-hub:org/wrn28_2.bacon_test")
+    with torch.no_grad():
+        res["hub_logits"] = (model(x) - ref).abs().max().item()
+    # the zoo tag: an entry pushed to this hub becomes timm's wrn28_2.bacon_test
+    zoo.add(out, hub_id="org/wrn28_2.bacon_test", pushed=True)
+    res["registered"] = zoo.register_zoo_tags()
+    res["not_default"] = not timm.models.is_model_pretrained("wrn28_2")
+    tagged = timm.create_model("wrn28_2.bacon_test", pretrained=True).eval()
+    with torch.no_grad():
+        res["tag_logits"] = (tagged(x) - ref).abs().max().item()
+    res["tag_labels"] = list(tagged.pretrained_cfg["label_names"])
+    loaded, _ = load_pretrained("wrn28_2.bacon_test")  # the zoo tag through bacon_zoo's loader
+    with torch.no_grad():
+        res["tag_loader_logits"] = (loaded(x) - ref).abs().max().item()
+    try:
+        push(out, "org/readonly-model")
+    except UserError as e:
+        res["refused"] = str(e)
+    print("RESULT", json.dumps(res))
+    """
+    with HubServer() as hub:
+        env = _hub_env(tmp_path, HF_ENDPOINT=hub.endpoint, HF_TOKEN="hf_fake",
+                       BACON_ZOO_INDEX=str(tmp_path / "cards" / "index.json"))  # fmt: skip
+        proc = _run_py(code, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert hub.unknown == [], hub.unknown
+    assert hub.state.validated >= 1  # the card's metadata went through the Hub's YAML check
+    assert (
+        res["url"].endswith("org/wrn28_2.bacon_test") and res["same_weights"] and res["card_repo"]
+    )
+    assert set(res["files"]) == set(_tree_digest(out))
+    summary = json.loads((out / "summary.json").read_text())
+    by_type = {mtype: key for key, (mtype, _) in METRICS.items()}
+    assert res["card_results"] and all(
+        summary[w][by_type[t]] == v for w, t, v in res["card_results"]
+    )
+    assert max(res["hub_logits"], res["tag_logits"], res["tag_loader_logits"]) == 0.0
+    assert res["registered"] == ["wrn28_2.bacon_test"] and res["not_default"]
+    assert res["tag_labels"] == CLASSES
+    assert (
+        "\n" not in res["refused"]
+        and "HTTP 403" in res["refused"]
+        and "unchanged" in res["refused"]
+    )
+    assert _tree_digest(out) == before  # neither push touched the local export
+
+
+def test_pull_of_a_missing_repo_offline_is_one_fast_line(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1: huggingface_hub reads `constants.HF_HUB_OFFLINE` / `HF_HUB_CACHE` at call
+    time, so patching them is what the variable does at import (the fake-hub test covers the env)."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    args = _parser().parse_args(["pull", "nobody/missing-model"])
+    t = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        args.func(args)
+    assert time.perf_counter() - t < 5.0
+    msg = str(e.value)
+    assert "\n" not in msg and "HF_HUB_OFFLINE" in msg and "nobody/missing-model" in msg
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
+        load_pretrained("hf-hub:nobody/missing-model")
+
+
+def test_export_of_an_unfinished_run_rebuilds_its_summary(exported, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(exported["run"], run, ignore=shutil.ignore_patterns("export", "summary.json"))
+    out = export_run(run, out_dir=tmp_path / "out", name="wrn28_2.partial")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "incomplete" and summary["best_top1"] == 50.0
+    assert "not complete" in (out / "README.md").read_text()
+    assert json.loads((out / "bacon_net.json").read_text())["name"] == "wrn28_2.partial"
+    assert not (run / "summary.json").exists()
