@@ -16,6 +16,8 @@ from bacon_zoo.errors import UserError
 COMMAND_MODULES = [
     "bacon_zoo.train.cli",
     "bacon_zoo.data.cli",
+    "bacon_zoo.hub.cli",
+    "bacon_zoo.study.cli",
 ]
 
 

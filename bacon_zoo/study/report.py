@@ -1,0 +1,477 @@
+"""Gather a study's cells into `results.csv`, `report.md` and PNG plots.
+
+Every number comes from a cell's `summary.json` (accuracies, params, images/s, processes, precision) or
+`config.yaml` (the budget); nothing is typed in. Cells that failed or have not finished keep their row in
+`results.csv` (with their status and error line) and are listed in the report, never silently dropped.
+Aggregates are mean +- sample std over the complete seeds of a grid point; top-1 is the best over
+training (the paper's convention) and balanced / head / medium / tail are those of that evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bacon_zoo.study.grid import VARIANT, axis_keys, format_value
+from bacon_zoo.study.runner import cell_status, read_study, read_summary
+
+METRICS = ("top1", "balanced_acc", "gmean", "head", "medium", "tail")
+COLUMNS = [
+    "status", "best_top1", "best_step", "best_balanced_acc", "best_gmean", "best_head",
+    "best_medium", "best_tail", "last_top1", "last_balanced_acc", "last_tail", "median5_top1",
+    "params", "images_per_s", "steps", "num_evals", "error",
+]  # fmt: skip
+ALGORITHMS = ("fixmatch", "abc", "bacon")
+
+
+# ---------------------------------------------------------------------------------------------
+# gathering
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def gather(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(study.json, one row per cell in study order). Rows carry `_config` and `_summary` for the budget."""
+    study = read_study(study_dir)
+    rows = []
+    for cell in study["cells"]:
+        run_dir = study_dir / "cells" / cell["name"]
+        status = cell_status(run_dir)
+        summary = read_summary(run_dir) if status == "complete" else None
+        row: dict[str, Any] = {"cell": cell["name"], **cell["values"], "seed": cell["seed"]}
+        row["status"] = status
+        if summary:
+            best, last = summary.get("best", {}), summary.get("last", {})
+            row |= {f"best_{k}": best.get(k) for k in METRICS if k != "top1"}
+            row |= {
+                "best_top1": summary.get("best_top1"),
+                "best_step": summary.get("best_step"),
+                "last_top1": last.get("top1"),
+                "last_balanced_acc": last.get("balanced_acc"),
+                "last_tail": last.get("tail"),
+                "median5_top1": summary.get("median_last5", {}).get("top1"),
+                "params": summary.get("params"),
+                "images_per_s": summary.get("images_per_s"),
+                "steps": summary.get("steps"),
+                "num_evals": summary.get("num_evals"),
+            }
+        if status == "failed":
+            text = (run_dir / "error.log").read_text(errors="replace")
+            row["error"] = (text.splitlines() or [""])[0]
+        row["_config"] = _read_yaml(run_dir / "config.yaml")
+        row["_summary"] = summary or {}
+        row.setdefault("steps", row["_config"].get("steps"))
+        rows.append(row)
+    return study, rows
+
+
+def write_csv(rows: list[dict[str, Any]], axes: list[str], path: Path) -> None:
+    fields = ["cell", *axes, "seed", *COLUMNS]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            out = {}
+            for k in fields:
+                v = row.get(k)
+                if isinstance(v, float):
+                    v = "nan" if math.isnan(v) else round(v, 4)
+                elif isinstance(v, (bool, dict, list)) or v is None:
+                    v = "" if v is None else format_value(v)
+                out[k] = v
+            writer.writerow(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers
+
+
+def _num(v: Any, sep: bool = False) -> str:
+    """100.0 -> "100"; with `sep`, 300000 -> "300,000"."""
+    if isinstance(v, bool) or v is None:
+        return format_value(v)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return (f"{v:,}" if sep else str(v)) if isinstance(v, int) else f"{v:g}"
+
+
+def _distinct(values: list[str]) -> str:
+    seen = list(dict.fromkeys(values))
+    return "/".join(seen) if seen else "?"
+
+
+def budget_line(rows: list[dict[str, Any]], seeds: list[int]) -> str:
+    """The first line of the report: what every number below was trained with."""
+    cfgs = [(r["_config"], r["_summary"]) for r in rows if r["_config"]]
+    if not cfgs:
+        return "**Budget:** unknown — no cell has started yet (no config.yaml under cells/)."
+
+    def each(fn) -> str:
+        return _distinct([fn(c, s) for c, s in cfgs])
+
+    steps = each(lambda c, s: _num(c.get("steps"), sep=True))
+    batch = each(
+        lambda c, s: (
+            f"{c['batch_size']} labeled + {c['batch_size'] * c['mu']} unlabeled (mu={c['mu']})"
+        )
+    )
+    procs = _distinct([_num(s["num_processes"]) for _, s in cfgs if s.get("num_processes")])
+    # what ran (summary.json) where a cell finished, else what was asked for (config.yaml)
+    ran = [str(s["mixed_precision"]) for _, s in cfgs if s.get("mixed_precision")]
+    asked = [str(c.get("mixed_precision") or "accelerate default") for c, _ in cfgs]
+    precision = _distinct(ran or asked)
+    data = each(
+        lambda c, s: f"{c['dataset']} N1={_num(c['n1'])} M1={_num(c['m1']) if c['m1'] else 'all'}"
+    )
+    ratios = (
+        f"gamma_l={each(lambda c, s: _num(c['imb_ratio_l']))} "
+        f"gamma_u={each(lambda c, s: _num(c['imb_ratio_u']))} "
+        + each(lambda c, s: "reversed" if c.get("reverse_u") else "consistent")
+    )
+    size = each(lambda c, s: f"{c['image_size']} px")
+    evals = each(
+        lambda c, s: (
+            f"eval every {_num(c['eval_every'], sep=True)} steps"
+            + (f" on {c['max_eval_samples']} test images" if c.get("max_eval_samples") else "")
+        )
+    )
+    procs_text = f"{procs} process(es)" if procs != "?" else "processes unknown (no cell finished)"
+    return (
+        f"**Budget:** {steps} steps × batch {batch} per process × {procs_text}, precision "
+        f"{precision} · {data}, {ratios} · {size} · {evals} · seeds {', '.join(map(str, seeds))} "
+        "(read from the cells' config.yaml and summary.json)"
+    )
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    n = len(vals)
+    if not n:
+        return math.nan, math.nan, 0
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
+    return mean, std, n
+
+
+def _pm(mean: float, std: float, n: int, signed: bool = False) -> str:
+    if n == 0 or math.isnan(mean):
+        return "—"
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{text} ± {std:.2f}" if n > 1 and not math.isnan(std) else text
+
+
+def grid_points(rows: list[dict], axes: dict[str, list]) -> list[dict[str, Any]]:
+    """Rows grouped by grid point (all seeds), in the axes' declared order."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(format_value(row.get(a)) for a in axes)
+        point = groups.setdefault(
+            key, {"values": {a: row.get(a) for a in axes}, "rows": [], "complete": []}
+        )
+        point["rows"].append(row)
+        if row["status"] == "complete":
+            point["complete"].append(row)
+
+    def order(point: dict) -> tuple:
+        idx = []
+        for a, values in axes.items():
+            names = [format_value(v) for v in values]
+            v = format_value(point["values"][a])
+            idx.append(names.index(v) if v in names else len(names))
+        return tuple(idx)
+
+    points = sorted(groups.values(), key=order)
+    for p in points:
+        for col in ("best_top1", "best_balanced_acc", "best_head", "best_medium", "best_tail",
+                    "last_top1", "params", "images_per_s"):  # fmt: skip
+            p[col] = _stats([r.get(col) for r in p["complete"]])
+    return points
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
+def points_table(points: list[dict], axes: dict[str, list]) -> list[str]:
+    header = [*axes, "seeds", "top-1 (best)", "balanced", "head", "medium", "tail", "top-1 (last)"]
+    lines = []
+    for p in points:
+        lines.append(
+            [format_value(p["values"][a]) for a in axes]
+            + [f"{len(p['complete'])}/{len(p['rows'])}"]
+            + [
+                _pm(*p[c])
+                for c in (
+                    "best_top1",
+                    "best_balanced_acc",
+                    "best_head",
+                    "best_medium",
+                    "best_tail",
+                    "last_top1",
+                )
+            ]  # fmt: skip
+        )
+    return _table(header, lines)
+
+
+def gains_table(points: list[dict], axes: dict[str, list]) -> list[str]:
+    """BaCon - ABC and BaCon - FixMatch per backbone (and any other axis), in points."""
+    if "algorithm" not in axes or "backbone" not in axes or "bacon" not in axes["algorithm"]:
+        return []
+    others = [a for a in axes if a != "algorithm"]
+    rivals = [a for a in ("abc", "fixmatch") if a in axes["algorithm"]]
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for p in points:
+        key = tuple(format_value(p["values"][a]) for a in others)
+        by_key.setdefault(key, {})[str(p["values"]["algorithm"])] = p
+    header = [*others, "params", "images/s", "BaCon top-1"] + [
+        f"BaCon − {'ABC' if r == 'abc' else 'FixMatch'}" for r in rivals
+    ]
+    lines = []
+    for key, algos in by_key.items():
+        bacon = algos.get("bacon")
+        if bacon is None:
+            continue
+        params, ips = bacon["params"][0], bacon["images_per_s"][0]
+        line = [*key, f"{params / 1e6:.2f}M" if not math.isnan(params) else "—"]
+        line += [f"{ips:,.0f}" if not math.isnan(ips) else "—", _pm(*bacon["best_top1"])]
+        for rival in rivals:
+            other = algos.get(rival)
+            if other is None:
+                line.append("—")
+                continue
+            (mb, sb, nb), (mr, sr, nr) = bacon["best_top1"], other["best_top1"]
+            n = min(nb, nr) if nb and nr else 0
+            line.append(_pm(mb - mr, math.sqrt(sb**2 + sr**2) if n > 1 else math.nan, n, True))
+        lines.append(line)
+    return _table(header, lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _hue_axis(axes: dict[str, list]) -> str | None:
+    return next((a for a in ("algorithm", VARIANT) if a in axes), None)
+
+
+def _label(values: dict[str, Any], keys: list[str]) -> str:
+    """A plot label: backbone names as they are, other axes as key=value (a tied axis by its first key)."""
+    parts = [
+        format_value(values[k])
+        if k == "backbone"
+        else f"{axis_keys(k)[0]}={format_value(values[k])}"
+        for k in keys
+    ]
+    return "\n".join(parts) or "all"
+
+
+def plot_bars(
+    points: list[dict], axes: dict[str, list], metric: str, ylabel: str, title: str, path: Path
+) -> None:
+    """Grouped bars: one group per grid point of the non-hue axes, one bar per algorithm/variant."""
+    import matplotlib.pyplot as plt
+
+    hue = _hue_axis(axes)
+    xkeys = [a for a in axes if a != hue and len(axes[a]) > 1]  # a one-value axis labels nothing
+    hues = [format_value(v) for v in axes[hue]] if hue else [""]
+    xs: list[str] = []
+    table: dict[tuple[str, str], tuple] = {}
+    for p in points:
+        x = _label(p["values"], xkeys)
+        if x not in xs:
+            xs.append(x)
+        table[(x, format_value(p["values"][hue]) if hue else "")] = p[metric]
+    width = 0.8 / len(hues)
+    chars = max(len(line) for x in xs for line in x.split("\n"))
+    per_group = max(0.45 * len(hues) + 0.5, 0.085 * chars)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + len(xs) * per_group), 4.2))
+    for j, h in enumerate(hues):
+        stats = [table.get((x, h), (math.nan, math.nan, 0)) for x in xs]
+        pos = [i - 0.4 + width * (j + 0.5) for i in range(len(xs))]
+        means = [s[0] for s in stats]
+        errs = [s[1] if s[2] > 1 else 0.0 for s in stats]
+        ax.bar(pos, means, width, yerr=errs if any(errs) else None, capsize=3, label=h or None)
+    rotate = len(xs) > 3 and any(len(x) > 12 and "\n" not in x for x in xs)
+    ax.set_xticks(
+        range(len(xs)), xs, rotation=30 if rotate else 0, ha="right" if rotate else "center"
+    )
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if hue:
+        ax.legend(title=hue, fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> bool:
+    """Top-1 against the labeled imbalance ratio; consistent solid, reversed dashed."""
+    ratio = next((a for a in axes if "imb_ratio_l" in axis_keys(a)), None)
+    if ratio is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    hue = _hue_axis(axes)
+    rest = [a for a in axes if a not in (ratio, hue) and len(axes[a]) > 1]
+    lines: dict[tuple[str, str, bool], list[tuple[float, tuple]]] = {}
+    for p in points:
+        v = p["values"]
+        key = (
+            format_value(v[hue]) if hue else "",
+            _label(v, [a for a in rest if a != "reverse_u"]).replace("\n", ", "),
+            bool(v.get("reverse_u")) if "reverse_u" in axes else False,
+        )
+        lines.setdefault(key, []).append((float(v[ratio]), p["best_top1"]))
+    hues = [format_value(h) for h in axes[hue]] if hue else [""]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    for (h, other, reverse), pts in lines.items():
+        pts.sort()
+        label = ", ".join(
+            s for s in (h, other if other != "all" else "", "reversed" if reverse else "") if s
+        )
+        if "reverse_u" in axes and not reverse:
+            label += ", consistent"
+        ax.errorbar(
+            [x for x, _ in pts],
+            [s[0] for _, s in pts],
+            yerr=[s[1] if s[2] > 1 else 0.0 for _, s in pts],
+            color=colors[hues.index(h) % len(colors)] if h in hues else None,
+            linestyle="--" if reverse else "-",
+            marker="o",
+            capsize=3,
+            label=label.strip(", ") or None,
+        )
+    ticks = sorted({float(v) for v in axes[ratio]})
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [_num(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(f"labeled imbalance ratio ({ratio})")
+    ax.set_ylabel("top-1 (best), %")
+    ax.set_title("Top-1 against imbalance, mean ± std over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def make_plots(points: list[dict], axes: dict[str, list], out: Path) -> list[str]:
+    """The PNGs written (names relative to `out`); none when matplotlib is missing or nothing is done."""
+    if not any(p["complete"] for p in points):
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        return []
+    note = "mean ± std over seeds"
+    plot_bars(points, axes, "best_top1", "top-1 (best), %", f"Top-1, {note}", out / "top1.png")
+    plot_bars(
+        points, axes, "best_tail", "tail accuracy, %", f"Tail classes at best top-1, {note}",
+        out / "tail.png",
+    )  # fmt: skip
+    written = ["top1.png", "tail.png"]
+    if plot_imbalance(points, axes, out / "top1_vs_imbalance.png"):
+        written.append("top1_vs_imbalance.png")
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def write_report(study_dir: str | Path) -> Path:
+    """Write results.csv, report.md and the plots into the study dir; returns report.md's path."""
+    study_dir = Path(study_dir)
+    study, rows = gather(study_dir)
+    axes = {k: list(v) for k, v in study["grid"].items()}
+    write_csv(rows, list(axes), study_dir / "results.csv")
+    points = grid_points(rows, axes)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+
+    title = Path(study["recipe"]).stem if study.get("recipe") else study_dir.name
+    grid_text = "; ".join(f"{a} ∈ {{{', '.join(map(format_value, v))}}}" for a, v in axes.items())
+    md = [budget_line(rows, study["seeds"]), "", f"# Study: {title}", ""]
+    md.append(
+        f"Grid: {grid_text or '(no axes)'}; seeds {', '.join(map(str, study['seeds']))} → "
+        f"{len(rows)} cells ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}). "
+        f"Recipe `{study.get('recipe') or '(defaults)'}`"
+        + (f", base `{study['base']}`" if study.get("base") else "")
+        + (f", `--set {' '.join(study['sets'])}`" if study.get("sets") else "")
+        + "; shared settings in `recipe.yaml`."
+    )
+    if study.get("variants"):
+        md += ["", "Variants:"] + [
+            f"- `{name}`: {', '.join(f'{k}={format_value(v)}' for k, v in bundle.items())}"
+            for name, bundle in study["variants"].items()
+        ]
+    if study.get("exclude"):
+        md += ["", "Excluded: " + "; ".join(
+            ", ".join(f"{k}={format_value(v)}" for k, v in e.items()) for e in study["exclude"]
+        )]  # fmt: skip
+    md += [
+        "",
+        "## Accuracy per grid point",
+        "",
+        "Mean ± sample std over the complete seeds (`seeds`: complete / all). Top-1 is the best over "
+        "training (the paper's convention); balanced, head, medium and tail are from that same "
+        "evaluation; last is the final evaluation. All in %.",
+        "",
+        *points_table(points, axes),
+    ]
+    gains = gains_table(points, axes)
+    if gains:
+        md += [
+            "",
+            "## BaCon's gain per backbone",
+            "",
+            "Difference of mean best top-1 in points; ± is sqrt(std_a² + std_b²) (shown when both "
+            "sides have 2+ seeds). Params and training images/s (median over a run, all processes) "
+            "are the BaCon cells' means.",
+            "",
+            *gains,
+        ]
+    plots = make_plots(points, axes, study_dir)
+    if plots:
+        md += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots]
+    md += ["", "## Missing / failed cells", ""]
+    bad = [r for r in rows if r["status"] != "complete"]
+    for r in bad:
+        why = f": {r['error']}" if r.get("error") else ""
+        md.append(f"- `{r['cell']}` — {r['status']}{why}")
+    known = {r["cell"] for r in rows}
+    extra = sorted(
+        p.name for p in (study_dir / "cells").glob("*") if p.is_dir() and p.name not in known
+    )
+    md += [f"- `{name}` — not in study.json (an earlier grid?), ignored" for name in extra]
+    if not bad and not extra:
+        md.append("None: every cell is complete.")
+    md += [
+        "",
+        "Every number above is computed from `results.csv` (one row per cell, copied from "
+        "`cells/<cell>/summary.json`); the budget line from the cells' `config.yaml` and `summary.json`.",
+    ]
+    path = study_dir / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+__all__ = ["gather", "write_csv", "budget_line", "grid_points", "make_plots", "write_report"]

@@ -1,0 +1,304 @@
+"""Studies: grid expansion and naming, sharding, reports from hand-made cells, and real tiny runs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bacon_zoo.config import parse_set
+from bacon_zoo.errors import UserError
+from bacon_zoo.study import cli as study_cli
+from bacon_zoo.study.grid import (
+    StudySpec,
+    cell_name,
+    expand,
+    parse_grid,
+    parse_seeds,
+    parse_shard,
+    select_shard,
+    set_item,
+    spec_from_recipe,
+)
+from bacon_zoo.study.report import write_report
+from bacon_zoo.study.runner import cell_config, error_line, plan_study, write_study
+
+TINY = [
+    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
+    "batch_size=4", "mu=2", "steps=2", "eval_every=1", "checkpoint_every=2", "num_workers=0",
+    "max_eval_samples=40", "cpu=true", "mixed_precision=no", "export=false", "channels_last=false",
+]  # fmt: skip
+
+
+@pytest.fixture
+def offline_single_thread(monkeypatch):
+    """Cells inherit the env: offline, and one thread (tiny models; no OpenMP spinning on a busy box)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+STUDY_MAIN = """
+import argparse, sys
+from bacon_zoo.study import cli
+parser = argparse.ArgumentParser()
+cli.add_parser(parser.add_subparsers(dest="command"))
+args = parser.parse_args(["study", *sys.argv[1:]])
+sys.exit(args.func(args))
+"""
+
+
+def study(*argv: str) -> int:
+    """`bacon-zoo study ...` in-process, as the CLI runs it."""
+    parser = argparse.ArgumentParser()
+    study_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", *argv])
+    return args.func(args)
+
+
+def tiny_sets(*skip: str) -> list[str]:
+    return [a for s in TINY if s.split("=")[0] not in skip for a in ("--set", s)]
+
+
+# ---------------------------------------------------------------------------------------------
+# pure: parsing, expansion, names, shards
+
+
+def test_parse_grid_values_like_set():
+    grid = parse_grid(
+        ["backbone=wrn28_2,resnet18_cifar", "bacon.rns=true,false", "lr=0.03,1e-3",
+         "backbone_kwargs={drop_rate: 0.1, x: 1},{}", "m1=[4000, null]"]
+    )  # fmt: skip
+    assert grid["backbone"] == ["wrn28_2", "resnet18_cifar"]
+    assert grid["bacon.rns"] == [True, False]
+    assert grid["lr"] == [0.03, "1e-3"]  # what --set gives too (the config coerces it)
+    assert grid["backbone_kwargs"] == [{"drop_rate": 0.1, "x": 1}, {}]
+    assert grid["m1"] == [4000, None]
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("0-3") == [0, 1, 2, 3]
+    for bad in (["backbone"], ["a=1", "a=2"]):
+        with pytest.raises(UserError, match="--grid"):
+            parse_grid(bad)
+    with pytest.raises(UserError, match="seeds"):
+        parse_seeds("0,x")
+
+
+@pytest.mark.parametrize("value", ["bacon", "true", "1e-3", None, 0.1, 3, False, {"a": [1, 2]}])
+def test_set_items_round_trip(value):
+    assert parse_set([set_item("a.b", value)]) == {"a": {"b": value}}
+
+
+def test_expand_orders_names_and_sets():
+    spec = spec_from_recipe(
+        {
+            "grid": {"imb_ratio_l+imb_ratio_u": [100, 150], "algorithm": ["abc", "bacon"]},
+            "variants": {"full": {}, "no_rns": {"bacon": {"rns": False}}},
+            "exclude": [{"algorithm": "abc", "variant": "no_rns"}],
+            "seeds": [0, 1],
+        }
+    )
+    cells = expand(spec)
+    assert len(cells) == 2 * (2 * 2 - 1) * 2
+    assert [c.seed for c in cells] == [0] * 6 + [1] * 6  # seed outermost
+    first = cells[0]
+    assert first.name == "algorithm=abc__imb_ratio_l+imb_ratio_u=100__variant=full__seed=0"
+    assert first.sets == ["algorithm=abc", "imb_ratio_l=100", "imb_ratio_u=100"]
+    no_rns = next(c for c in cells if c.values["variant"] == "no_rns")
+    assert "bacon.rns=false" in no_rns.sets and no_rns.values["algorithm"] == "bacon"
+    assert cell_name({"backbone": "hf-hub:timm/x y"}, 2) == "backbone=hf-hub-timm-x-y__seed=2"
+    assert len(cell_name({f"k{i}": "v" * 30 for i in range(9)}, 0)) <= 160
+
+
+@pytest.mark.parametrize(
+    "study_block, message",
+    [
+        ({"grid": {"seed": [0, 1]}}, "use --seeds"),
+        ({"grid": {"imb_ratio_l": [1], "imb_ratio_l+imb_ratio_u": [2]}}, "set by two axes"),
+        ({"grid": {"a": [1]}, "exclude": [{"b": 1}]}, "not a grid axis"),
+        ({"grid": {"a": [1]}, "exclude": [{"a": 1}]}, "no cells"),
+        ({"grid": {"a": [1, 1]}}, "repeats a value"),
+        ({"grdi": {}}, "unknown key"),
+    ],
+)
+def test_bad_study_specs_raise_one_line(study_block, message):
+    with pytest.raises(UserError, match=message) as err:
+        expand(spec_from_recipe(study_block))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 40])
+def test_shards_are_disjoint_and_complete(n):
+    cells = expand(StudySpec(grid={"a": [1, 2, 3], "b": ["x", "y", "z"]}, seeds=[0, 1]))
+    shards = [select_shard(cells, i, n) for i in range(n)]
+    names = [c.name for s in shards for c in s]
+    assert sorted(names) == sorted(c.name for c in cells) and len(set(names)) == len(cells)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert parse_shard(f"{n - 1}/{n}") == (n - 1, n)
+    with pytest.raises(UserError, match="--shard"):
+        parse_shard(f"{n}/{n}")
+
+
+def test_shipped_study_recipes_plan(tmp_path):
+    backbones = plan_study(tmp_path / "b", "study_backbones")
+    assert len(backbones.cells) == 10 * 3 * 3
+    assert not any(
+        c.values["pretrained"] and c.values["backbone"].startswith("wrn") for c in backbones.cells
+    )
+    assert backbones.common["steps"] == 300_000 and "study" not in backbones.common
+    imbalance = plan_study(tmp_path / "i", "study_imbalance", seeds=[0])
+    cfg = cell_config(imbalance.common, imbalance.cells[-1], tmp_path)
+    assert (cfg.imb_ratio_l, cfg.imb_ratio_u, cfg.reverse_u, cfg.algorithm) == (
+        500,
+        500,
+        True,
+        "bacon",
+    )
+    ablation = plan_study(tmp_path / "a", "study_ablation", grid={"variant": ["bacon", "no_rns"]})
+    assert [c.values["variant"] for c in ablation.cells[:2]] == ["bacon", "no_rns"]
+    cfg = cell_config(ablation.common, ablation.cells[1], tmp_path)
+    assert (cfg.algorithm, cfg.bacon.rns, cfg.bacon.bta) == ("bacon", False, True)
+    with pytest.raises(UserError, match="narrow it with --grid"):
+        plan_study(tmp_path / "x", "study_backbones", sets=["algorithm=bacon"])
+    on_digits = plan_study(tmp_path / "d", "study_ablation", base="demo_digits", seeds=[0])
+    assert on_digits.common["dataset"] == "digits" and len(on_digits.cells) == 5
+    with pytest.raises(UserError, match="has none"):
+        plan_study(tmp_path / "x", "cifar10_lt", grid={"variant": ["a"]})
+    with pytest.raises(UserError, match="unknown variant"):
+        plan_study(tmp_path / "x", "study_ablation", grid={"variant": ["no_such"]})
+    with pytest.raises(UserError, match="unknown config key 'bacon.tua'"):
+        plan_study(tmp_path / "x", None, grid={"bacon.tua": [1, 2]})
+
+
+def test_error_line_finds_the_cause():
+    assert error_line("x\nbacon-zoo train: error: unknown backbone 'x'\n", 2) == (
+        "unknown backbone 'x'"
+    )
+    assert error_line("Traceback\n  File a\nRuntimeError: boom\n 50%|##| 1/2 [1.0it/s]", 1) == (
+        "RuntimeError: boom"
+    )
+    assert "SIGKILL" in error_line("", -9)
+
+
+# ---------------------------------------------------------------------------------------------
+# reports from hand-made cells (no training)
+
+
+def _fake_summary(top1: float, params: int = 1_000_000) -> dict:
+    metrics = {"top1": top1, "balanced_acc": top1 - 1, "gmean": top1 - 2, "head": top1 + 5,
+               "medium": top1, "tail": top1 - 10}  # fmt: skip
+    return {
+        "status": "complete", "best_top1": top1, "best_step": 10, "best": metrics,
+        "last": metrics | {"step": 20}, "median_last5": metrics, "num_evals": 2, "steps": 20,
+        "params": params, "images_per_s": 100.0, "num_processes": 2, "mixed_precision": "bf16",
+    }  # fmt: skip
+
+
+def test_report_from_handmade_cells(tmp_path):
+    grid = {"imb_ratio_l+imb_ratio_u": [100, 150], "reverse_u": [False, True],
+            "algorithm": ["fixmatch", "abc", "bacon"], "backbone": ["wrn28_2"]}  # fmt: skip
+    plan = plan_study(tmp_path, "cifar10_lt", grid=grid, seeds=[0, 1], sets=["steps=20"])
+    write_study(plan)
+    score = {"fixmatch": 70.0, "abc": 80.0, "bacon": 82.0}
+    for i, cell in enumerate(plan.cells):
+        run_dir = plan.cell_dir(cell)
+        if i == 0:
+            continue  # never started: "missing"
+        run_dir.mkdir(parents=True)
+        cfg = cell_config(plan.common, cell, run_dir).to_dict()
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        if i == 1:
+            (run_dir / "error.log").write_text("CUDA out of memory\n\n--- stderr tail ---\n")
+        elif i != 2:  # 2 started but unfinished: "incomplete"
+            top1 = score[cell.values["algorithm"]] + cell.seed
+            (run_dir / "summary.json").write_text(json.dumps(_fake_summary(top1)))
+    path = write_report(tmp_path)
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("**Budget:** 20 steps × batch 64 labeled + 128 unlabeled (mu=2)")
+    assert "2 process(es), precision bf16" in lines[0] and "cifar10 N1=1000 M1=4000" in lines[0]
+    assert "gamma_l=100/150" in lines[0] and "seeds 0, 1" in lines[0]
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(plan.cells) == 24
+    assert [r["status"] for r in rows[:3]] == ["missing", "failed", "incomplete"]
+    assert rows[1]["error"] == "CUDA out of memory"
+    text = path.read_text()
+    # BaCon - ABC with two seeds each: mean +2.00, +- sqrt(std_a^2 + std_b^2) = 1.00
+    assert (
+        "| 150 | true | wrn28_2 | 1.00M | 100 | 82.50 ± 0.71 | +2.00 ± 1.00 | +12.00 ± 1.00 |"
+        in text
+    )
+    assert "## Missing / failed cells" in text and "— failed: CUDA out of memory" in text
+    assert "— missing" in text and "— incomplete" in text
+    for png in ("top1.png", "tail.png", "top1_vs_imbalance.png"):
+        assert (tmp_path / png).stat().st_size > 1000, png
+    assert not math.isnan(float(rows[-1]["best_top1"]))
+
+
+def test_report_needs_a_study_dir(tmp_path):
+    with pytest.raises(UserError, match="not a study directory"):
+        write_report(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: real tiny training runs as subprocesses (about 15 s per cell on a loaded machine)
+
+
+def test_tiny_study_in_two_shards_reports_and_skips_finished_cells(
+    tmp_path, offline_single_thread, capsys
+):
+    out = tmp_path / "study"
+    argv = ["run", "--grid", "algorithm=fixmatch,bacon", "--grid", "imb_ratio_l=5,10",
+            *tiny_sets("imb_ratio_l"), "--out", str(out)]  # fmt: skip
+    # two shards at once, as two machines (or a SLURM array) would run them: one per core
+    other = subprocess.Popen(
+        [sys.executable, "-c", STUDY_MAIN, *argv, "--shard", "1/2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert study(*argv, "--shard", "0/2") == 0
+    shard1 = other.communicate(timeout=600)[0]
+    assert other.returncode == 0, shard1
+    shard0 = capsys.readouterr().out
+    assert shard0.count(": complete in ") == shard1.count(": complete in ") == 2
+    cells = sorted((out / "cells").iterdir())
+    assert [c.name for c in cells][0] == "algorithm=bacon__imb_ratio_l=10__seed=0"
+    mtimes = {c.name: (c / "summary.json").stat().st_mtime_ns for c in cells}
+    assert len(mtimes) == 4 and not (out / "report.md").exists()  # shards leave the report
+
+    assert study("report", str(out)) == 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"complete"}
+    assert {r["imb_ratio_l"] for r in rows} == {"5", "10"}
+    assert all(float(r["params"]) > 0 and float(r["best_top1"]) >= 0 for r in rows)
+    report = (out / "report.md").read_text().splitlines()
+    assert report[0].startswith("**Budget:** 2 steps × batch 4 labeled + 8 unlabeled (mu=2)")
+    assert "1 process(es), precision no" in report[0] and "digits N1=20 M1=40" in report[0]
+    assert "None: every cell is complete." in report
+    for png in ("top1.png", "tail.png", "top1_vs_imbalance.png"):
+        assert (out / png).stat().st_size > 1000, png
+    capsys.readouterr()
+
+    assert study(*argv) == 0  # a restart: every cell is complete, nothing retrains
+    again = capsys.readouterr().out
+    assert again.count("complete (skipped)") == 4 and "4 skipped" in again
+    assert {c.name: (c / "summary.json").stat().st_mtime_ns for c in cells} == mtimes
+
+    with pytest.raises(UserError, match="different shared settings"):
+        study(*argv[:-2], "--set", "bacon.tau0=0.2", "--out", str(out))
+
+
+def test_failed_cell_is_reported_with_its_error(tmp_path, offline_single_thread, capsys):
+    out = tmp_path / "study"
+    assert study("run", "--grid", "backbone=no_such_net", *tiny_sets(), "--out", str(out)) == 1
+    assert "FAILED" in capsys.readouterr().out
+    run_dir = out / "cells" / "backbone=no_such_net__seed=0"
+    assert (run_dir / "error.log").read_text().startswith("unknown backbone 'no_such_net'")
+    with (out / "results.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "failed" and row["error"].startswith("unknown backbone 'no_such_net'")
+    report = (out / "report.md").read_text()
+    assert "`backbone=no_such_net__seed=0` — failed: unknown backbone 'no_such_net'" in report
