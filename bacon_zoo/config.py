@@ -65,6 +65,9 @@ class TrainConfig:
     backbone: str = "wrn28_2"
     backbone_kwargs: dict = field(default_factory=dict)
     pretrained: bool = False
+    bn_momentum: float | None = (
+        None  # override every BatchNorm's momentum (None: the backbone's own)
+    )
     init_from: str | None = (
         None  # an exported folder or hub id whose BaconNet weights start training
     )
@@ -97,6 +100,9 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     ema_decay: float = 0.999
+    ema_warmup: bool = (
+        False  # timm's EMA warm-up (decay grows towards ema_decay); for short budgets
+    )
     # bookkeeping
     eval_every: int = 1000
     eval_batch_size: int = 256

@@ -165,6 +165,12 @@ def train(cfg: TrainConfig) -> dict:
         pretrained=cfg.pretrained,
         backbone_kwargs=cfg.backbone_kwargs,
     )
+    if (
+        cfg.bn_momentum is not None
+    ):  # short budgets: WRN's 0.001 leaves eval statistics near their init
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
     if cfg.init_from:
         from bacon_zoo.hub.export import load_bacon_net_weights
 
@@ -196,7 +202,13 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, exclude_buffers=True)
+    # EMA of the parameters, buffers (BN statistics) copied, as in USB
+    ema = ModelEmaV3(
+        accelerator.unwrap_model(model),
+        decay=cfg.ema_decay,
+        use_warmup=cfg.ema_warmup,
+        exclude_buffers=True,
+    )
     algo.to(accelerator.device)
     state = TrainState()
     # the scheduler is stepped once per global step, so it is checkpointed but not `prepare`d
@@ -261,7 +273,7 @@ def train(cfg: TrainConfig) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             algo.after_step(step, cfg.steps)
-            ema.update(accelerator.unwrap_model(model))
+            ema.update(accelerator.unwrap_model(model), step=state.step if cfg.ema_warmup else None)
             state.step = step + 1
 
             # ---- logging (tensors are summed on device; one sync per log window)
