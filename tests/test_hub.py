@@ -269,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
 def test_cli_commands_parse():
     p = _parser()
     assert p.parse_args(["export", "runs/x", "--out", "e"]).func is hub_cli.run_export
-    assert p.parse_args(["push", "e", "me/m", "--private"]).private
+    assert p.parse_args(["push", "e", "--repo-id", "me/m", "--private"]).private
     assert p.parse_args(["pull", "me/m", "--revision", "v1"]).revision == "v1"
     assert p.parse_args(["predict", "e", "a.png", "b.png", "--topk", "2"]).images == [
         "a.png",

@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "or `hf auth login`. The local export is never modified.",
     )
     p.add_argument("export_dir", metavar="EXPORT_DIR")
-    p.add_argument("repo_id", metavar="ORG/NAME")
+    p.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub model repo")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", metavar="BRANCH", help="branch to push to (created if needed)")
     p.add_argument(
