@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "bacon_zoo.data.cli",
     "bacon_zoo.hub.cli",
     "bacon_zoo.study.cli",
+    "bacon_zoo.analysis.cli",
 ]
 
 

@@ -145,9 +145,9 @@ def test_two_cpu_processes_count_every_test_image_once(tmp_path):
     [
         (["--algorithm", "fixmatchh"], "algorithm 'fixmatchh' is not one of"),
         (["--set", "bacon.nope=1"], "unknown config key 'bacon.nope'"),
-        (["--dataset", "/no/such/dataset/folder"], "/no/such/dataset/folder"),
+        (["--set", "dataset=/no/such/dataset/folder"], "/no/such/dataset/folder"),
         (["--backbone", "wrn28-2"], "wrn28_2"),
-        (["--n1", "5000"], "5000"),
+        (["--set", "n1=5000"], "5000"),
     ],
 )
 def test_bad_input_gives_one_line(tmp_path, args, message):

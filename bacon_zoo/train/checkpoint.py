@@ -18,7 +18,7 @@ from bacon_zoo.errors import UserError
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # the order in which the trainer registers objects with `accelerator.register_for_checkpointing`;
 # accelerate stores object i as `custom_checkpoint_{i}.pkl`
-CUSTOM_OBJECTS = ("scheduler", "ema", "algorithm", "state")
+CUSTOM_OBJECTS = ("scheduler", "ema", "algorithm", "state", "diagnostics")
 
 
 class TrainState:

@@ -27,6 +27,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from bacon_zoo.algorithms import create_algorithm
+from bacon_zoo.analysis.diagnostics import TrainingDiagnostics
 from bacon_zoo.config import TrainConfig, dumps, fingerprint, load_run_config, save_config
 from bacon_zoo.data import make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.errors import UserError
@@ -188,6 +189,17 @@ def train(cfg: TrainConfig) -> dict:
         rank=rank,
         gather=accelerator.gather,
     )
+    # pseudo-label quality and memory-bank geometry between evaluations (metrics.jsonl "diagnostics")
+    diag = TrainingDiagnostics(
+        data.num_classes,
+        algo.eval_head,
+        cfg.abc.threshold if algo.eval_head == "abc" else cfg.fixmatch.threshold,
+        data.labeled_counts,
+        data.split.unlabeled_counts,
+        len(data.labeled.labels),
+        len(data.unlabeled.labels),
+        rank=rank,
+    )
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -212,7 +224,14 @@ def train(cfg: TrainConfig) -> dict:
     algo.to(accelerator.device)
     state = TrainState()
     # the scheduler is stepped once per global step, so it is checkpointed but not `prepare`d
-    objects = {"scheduler": scheduler, "ema": ema, "algorithm": algo, "state": state}
+    diag.to(accelerator.device)
+    objects = {
+        "scheduler": scheduler,
+        "ema": ema,
+        "algorithm": algo,
+        "state": state,
+        "diagnostics": diag,
+    }
     accelerator.register_for_checkpointing(*(objects[name] for name in CUSTOM_OBJECTS))
 
     if resume_dir is not None:
@@ -268,6 +287,7 @@ def train(cfg: TrainConfig) -> dict:
             with accelerator.autocast():
                 out = model(x)
                 loss, logs = algo.loss(out, batch, step, cfg.steps)
+            diag.update(out, batch)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -306,6 +326,7 @@ def train(cfg: TrainConfig) -> dict:
                 record = {
                     "step": state.step,
                     **metrics,
+                    "diagnostics": diag.compute(algo),
                     "images_per_s": ips,
                     "lr": scheduler.get_last_lr()[0],
                 }

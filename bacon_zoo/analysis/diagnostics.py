@@ -1,0 +1,285 @@
+"""Training-time diagnostics of the feature space and of the pseudo-labels, cheap enough for every eval.
+
+BaCon's claim is about geometry: class centers that settle, tight classes, and tail classes that the
+pseudo-labels do not starve. These numbers watch exactly that while training runs:
+
+- pseudo-label precision / recall per class over the last evaluation window (confusion[true, pseudo]
+  of the weak unlabeled views, from the evaluation head, accumulated on device without host syncs);
+- center drift: how far each memory-bank class center moved since the previous evaluation;
+- intra-class spread: mean cosine distance of the bank's features to their class center;
+- the label bank's class counts n_k (which drive BTA), split into labeled and unlabeled slots, next to
+  the true counts, and the precision of the bank's unlabeled entries.
+
+The math is pure functions on tensors; `TrainingDiagnostics` is the small stateful wrapper the trainer
+drives with `update(out, batch)` every step and `compute(algo)` at every evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ---------------------------------------------------------------------------------------------
+# pure functions
+
+
+def center_drift(prev_centers: Tensor, centers: Tensor, valid: Tensor) -> Tensor:
+    """Cosine distance 1 - cos(c_k^prev, c_k) per class [K]; NaN where `valid` is False.
+
+    Cosine because the contrastive loss only sees directions (it normalises z and c). It equals half
+    the squared L2 distance of the normalised centers, 0.5 * ||c^prev/|c^prev| - c/|c| ||^2, so it lies in
+    [0, 2]. `valid` should say that both centers exist (prev_valid & valid): an empty center is a zero
+    vector with no direction.
+    """
+    a = F.normalize(prev_centers.float(), dim=-1)
+    b = F.normalize(centers.float(), dim=-1)
+    d = (1.0 - (a * b).sum(-1)).clamp_min(0.0)  # float rounding can give -1e-8
+    return torch.where(valid.bool(), d, torch.full_like(d, math.nan))
+
+
+def intra_class_spread(feats: Tensor, labels: Tensor, written: Tensor, num_classes: int) -> Tensor:
+    """Mean cosine distance of the bank features of class k to their class center, per class [K].
+
+    Uses the slots that hold a feature (`written`) and a label (>= 0); the center is their plain mean,
+    as the bank keeps it. NaN for a class without such slots. Small = a tight class.
+    """
+    member = written.bool() & (labels >= 0)
+    idx = labels.clamp_min(0).long()
+    f = feats.float()
+    w = member.float()
+    sums = torch.zeros(num_classes, f.shape[1], device=f.device).index_add_(0, idx, f * w[:, None])
+    counts = torch.zeros(num_classes, device=f.device).index_add_(0, idx, w)
+    centers = F.normalize(sums / counts.clamp_min(1.0)[:, None], dim=1)
+    dist = (1.0 - (F.normalize(f, dim=1) * centers[idx]).sum(1)).clamp_min(0.0)
+    total = torch.zeros(num_classes, device=f.device).index_add_(0, idx, dist * w)
+    spread = total / counts.clamp_min(1.0)
+    return torch.where(counts > 0, spread, torch.full_like(spread, math.nan))
+
+
+def pseudo_label_quality(confusion: Tensor, support: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(precision [K], recall [K]) from confusion[true, pseudo] of the confident pseudo-labels.
+
+    precision_k = confusion[k, k] / sum_t confusion[t, k]  (how many pseudo-labels k are right);
+    recall_k    = confusion[k, k] / support_k, where support_k is the number of samples of true class
+    k seen (confident or not) when given, else the row sum (the confident ones only). NaN where the
+    denominator is 0.
+    """
+    c = confusion.double()
+    tp = c.diagonal()
+    col = c.sum(0)
+    row = c.sum(1) if support is None else support.double()
+    nan = torch.full_like(tp, math.nan)
+    precision = torch.where(col > 0, tp / col.clamp_min(1.0), nan)
+    recall = torch.where(row > 0, tp / row.clamp_min(1.0), nan)
+    return precision, recall
+
+
+# ---------------------------------------------------------------------------------------------
+# the stateful wrapper the trainer drives
+
+
+def _json_list(t: Tensor, scale: float = 1.0, digits: int = 6) -> list[float | None]:
+    """A JSON-safe list: NaN -> None, floats rounded (metrics.jsonl stays small and valid JSON)."""
+    return [None if math.isnan(v) else round(scale * v, digits) for v in t.double().tolist()]
+
+
+def _json_float(x: float, digits: int = 6) -> float | None:
+    return None if math.isnan(x) else round(x, digits)
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+class TrainingDiagnostics:
+    """Pseudo-label and memory-bank diagnostics, one window per evaluation.
+
+    diag = TrainingDiagnostics(K, algo.eval_head, threshold, labeled_counts, unlabeled_counts, N_L, N_U)
+    diag.update(out, batch)        # every step: on-device counters, no host sync
+    record["diagnostics"] = diag.compute(algo)   # every evaluation: lists, floats; resets the window
+
+    Pseudo-labels are those of the evaluation head (`logits_abc` for "abc", else `logits`) on the weak
+    unlabeled views, confident when max softmax >= `threshold`. Under several processes `compute` sums
+    the windows of all ranks with `algo.gather` (a collective: call it on every rank, as the evaluation
+    is). `state_dict`/`load_state_dict` make a resume exact; registered with the checkpoint or not, a
+    checkpoint taken right after an evaluation (checkpoint_every a multiple of eval_every) has an empty
+    window, so only the center-drift reference and the seen true labels are at stake.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        eval_head: str,
+        threshold: float,
+        labeled_counts: Sequence[int],
+        unlabeled_counts: Sequence[int],
+        num_labeled: int,
+        num_unlabeled: int | None = None,
+        rank: int = 0,
+    ) -> None:
+        if eval_head not in ("main", "abc"):
+            raise ValueError(f"eval_head must be 'main' or 'abc', got {eval_head!r}")
+        k = int(num_classes)
+        self.num_classes, self.eval_head, self.threshold = k, eval_head, float(threshold)
+        self.labeled_counts = [int(c) for c in labeled_counts]
+        self.unlabeled_counts = [int(c) for c in unlabeled_counts]
+        self.num_labeled = int(num_labeled)
+        # unlabeled samples with unknown labels (-1) are not in unlabeled_counts: pass num_unlabeled
+        self.num_unlabeled = int(
+            num_unlabeled if num_unlabeled is not None else sum(self.unlabeled_counts)
+        )
+        self.rank = rank
+        # every counter has one extra "trash" bin that masked-out entries go to, so updates are
+        # unconditional index_add_ calls (torch.bincount would read max() back to the host on CUDA)
+        self.confusion = torch.zeros(k * k + 1, dtype=torch.long)  # [true * K + pseudo]
+        self.seen = torch.zeros(k + 1, dtype=torch.long)  # unlabeled samples per true class
+        self.confident = torch.zeros(k + 1, dtype=torch.long)  # confident pseudo-labels per class
+        self.true_ulb = torch.full((self.num_unlabeled + 1,), -1, dtype=torch.long)
+        self.prev_centers: Tensor | None = None
+        self.prev_valid: Tensor | None = None
+        self.steps = 0
+
+    # -- device handling: follow the model's outputs lazily (a no-op once there)
+    def to(self, device: torch.device | str) -> TrainingDiagnostics:
+        for name in ("confusion", "seen", "confident", "true_ulb", "prev_centers", "prev_valid"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        return self
+
+    @torch.no_grad()
+    def update(self, out: Any, batch: dict[str, Tensor]) -> None:
+        """Count this step's confident pseudo-labels of the weak unlabeled views (no host sync)."""
+        b, u = int(batch["y_lb"].shape[0]), int(batch["idx_ulb"].shape[0])
+        logits = out.logits_abc if self.eval_head == "abc" else out.logits
+        if self.confusion.device != logits.device:
+            self.to(logits.device)
+        k, dev = self.num_classes, logits.device
+        conf, pseudo = logits[b : b + u].detach().float().softmax(1).max(1)
+        confident = conf >= self.threshold
+        y = batch["y_ulb"].to(dev).long()
+        known = (y >= 0) & (y < k)
+        ones = torch.ones_like(y)
+        trash_cm = torch.full_like(y, k * k)
+        self.confusion.index_add_(0, torch.where(known & confident, y * k + pseudo, trash_cm), ones)
+        self.seen.index_add_(0, torch.where(known, y, torch.full_like(y, k)), ones)
+        self.confident.index_add_(0, torch.where(confident, pseudo, torch.full_like(y, k)), ones)
+        idx = batch["idx_ulb"].to(dev).long()
+        n = self.num_unlabeled
+        self.true_ulb[torch.where((idx >= 0) & (idx < n), idx, torch.full_like(idx, n))] = y
+        self.true_ulb[n] = -1  # the trash slot never holds a label
+        self.steps += 1
+
+    @torch.no_grad()
+    def compute(self, algo: Any = None) -> dict[str, Any]:
+        """The window's numbers as JSON-ready lists/floats (precision/recall in %), then reset it."""
+        gather: Callable[[Tensor], Tensor] = getattr(algo, "gather", None) or _identity
+        k = self.num_classes
+
+        def total(t: Tensor) -> Tensor:  # sum over ranks
+            return gather(t[None]).sum(0)
+
+        confusion = total(self.confusion)[: k * k].view(k, k)
+        seen_all = total(self.seen)  # the last bin: samples whose true label is unknown
+        seen, confident = seen_all[:k], total(self.confident)[:k]
+        precision, recall = pseudo_label_quality(confusion, support=seen)
+        n_seen, n_conf_known = int(seen_all.sum()), int(confusion.sum())
+        out: dict[str, Any] = {
+            "window_steps": int(self.steps),
+            "threshold": self.threshold,
+            "pl_precision": _json_list(precision, 100.0, 4),
+            "pl_recall": _json_list(recall, 100.0, 4),
+            "pl_confident": confident.tolist(),
+            "pl_seen": seen.tolist(),
+            "pl_accuracy": _json_float(
+                100.0 * float(confusion.diagonal().sum()) / n_conf_known
+                if n_conf_known
+                else math.nan,
+                4,
+            ),
+            # share of the weak unlabeled views with a confident pseudo-label (known truth or not)
+            "pl_mask": _json_float(float(confident.sum()) / n_seen if n_seen else math.nan),
+        }
+        # all ranks keep the union of the true labels seen, so a checkpoint of rank 0 holds them all
+        self.true_ulb = gather(self.true_ulb[None]).max(0).values
+        bank = getattr(algo, "bank", None)
+        if bank is not None:
+            out |= self._bank_numbers(bank)
+        self.confusion.zero_()
+        self.seen.zero_()
+        self.confident.zero_()
+        self.steps = 0
+        return out
+
+    def _bank_numbers(self, bank: Any) -> dict[str, Any]:
+        k, n_l = self.num_classes, bank.num_labeled
+        centers, valid = bank.centers()
+        centers = centers.detach().float()
+        if self.prev_centers is not None and self.prev_centers.shape == centers.shape:
+            prev = self.prev_centers.to(centers.device)
+            drift = center_drift(prev, centers, valid & self.prev_valid.to(valid.device))
+        else:
+            drift = torch.full((k,), math.nan)
+        self.prev_centers, self.prev_valid = centers.clone(), valid.clone()
+        spread = intra_class_spread(bank.feats, bank.labels, bank.written, k)
+
+        labels = bank.labels
+        idx_l, idx_u = labels[:n_l], labels[n_l:]
+        bank_l = torch.bincount(idx_l[idx_l >= 0], minlength=k)[:k]
+        bank_u = torch.bincount(idx_u[idx_u >= 0], minlength=k)[:k]
+        # precision of the unlabeled label-bank entries against the true labels seen so far
+        m = min(idx_u.numel(), self.num_unlabeled)
+        truth = self.true_ulb[:m].to(labels.device)
+        ok = (idx_u[:m] >= 0) & (truth >= 0)
+        hits = torch.bincount(idx_u[:m][ok], weights=(idx_u[:m] == truth)[ok].double(), minlength=k)
+        judged = torch.bincount(idx_u[:m][ok], minlength=k).double()
+        bank_precision = torch.where(
+            judged > 0, hits / judged.clamp_min(1.0), torch.full_like(judged, math.nan)
+        )
+        return {
+            "center_drift": _json_list(drift.cpu()),
+            "center_valid": valid.tolist(),
+            "intra_spread": _json_list(spread.cpu()),
+            "bank_labeled": bank_l.tolist(),
+            "bank_unlabeled": bank_u.tolist(),
+            "bank_precision": _json_list(bank_precision.cpu(), 100.0, 4),
+            "labeled_counts": self.labeled_counts,
+            "unlabeled_counts": self.unlabeled_counts,
+        }
+
+    # -- checkpointing (accelerator.register_for_checkpointing accepts any object with these two)
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "confusion": self.confusion.clone(),
+            "seen": self.seen.clone(),
+            "confident": self.confident.clone(),
+            "true_ulb": self.true_ulb.clone(),
+            "prev_centers": None if self.prev_centers is None else self.prev_centers.clone(),
+            "prev_valid": None if self.prev_valid is None else self.prev_valid.clone(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore; ranks other than 0 restart their window (only rank 0's state is checkpointed)."""
+        dev = self.confusion.device
+        for name in ("confusion", "seen", "confident", "true_ulb"):
+            src = state[name].to(dev)
+            if src.shape != getattr(self, name).shape:
+                raise ValueError(
+                    f"diagnostics state '{name}' has shape {tuple(src.shape)}, "
+                    f"expected {tuple(getattr(self, name).shape)}"
+                )
+            setattr(self, name, src.clone())
+        self.prev_centers = state["prev_centers"]
+        self.prev_valid = state["prev_valid"]
+        self.steps = int(state["steps"])
+        if self.rank != 0:
+            self.confusion.zero_()
+            self.seen.zero_()
+            self.confident.zero_()
+            self.steps = 0
