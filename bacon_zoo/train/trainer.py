@@ -63,6 +63,30 @@ def data_card(data, cfg: TrainConfig) -> dict:
     }
 
 
+def build_model(cfg: TrainConfig, num_classes: int) -> BaconNet:
+    """The BaconNet of a config: backbone, both heads and the projection, optionally initialised."""
+    model = BaconNet(
+        cfg.backbone,
+        num_classes=num_classes,
+        proj_dim=cfg.bacon.proj_dim,
+        pretrained=cfg.pretrained,
+        backbone_kwargs=cfg.backbone_kwargs,
+    )
+    if (
+        cfg.bn_momentum is not None
+    ):  # short budgets: WRN's 0.001 leaves eval statistics at their init
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
+    if cfg.init_from:
+        from bacon_zoo.hub.export import load_bacon_net_weights
+
+        load_bacon_net_weights(model, cfg.init_from)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def lr_lambda(cfg: TrainConfig):
     """Per-step LR factor: linear warm-up, then constant or FixMatch's cosine (cos(7*pi*t / 16T))."""
 
@@ -159,25 +183,7 @@ def train(cfg: TrainConfig) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
 
     # ---- model, EMA, algorithm, optimiser
-    model = BaconNet(
-        cfg.backbone,
-        num_classes=data.num_classes,
-        proj_dim=cfg.bacon.proj_dim,
-        pretrained=cfg.pretrained,
-        backbone_kwargs=cfg.backbone_kwargs,
-    )
-    if (
-        cfg.bn_momentum is not None
-    ):  # short budgets: WRN's 0.001 leaves eval statistics near their init
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = cfg.bn_momentum
-    if cfg.init_from:
-        from bacon_zoo.hub.export import load_bacon_net_weights
-
-        load_bacon_net_weights(model, cfg.init_from)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg, data.num_classes)
     algo = create_algorithm(
         cfg.algorithm,
         cfg=cfg,
@@ -222,9 +228,9 @@ def train(cfg: TrainConfig) -> dict:
         exclude_buffers=True,
     )
     algo.to(accelerator.device)
+    diag.to(accelerator.device)
     state = TrainState()
     # the scheduler is stepped once per global step, so it is checkpointed but not `prepare`d
-    diag.to(accelerator.device)
     objects = {
         "scheduler": scheduler,
         "ema": ema,
