@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.train.metrics import classification_metrics, head_medium_tail
+from bacon_zoo.train.metrics import classification_metrics, head_medium_tail, read_metrics
 
 GROUPS = ("head", "medium", "tail")
 METRIC_ROWS = (  # (key in classification_metrics, label in the pages)
@@ -119,19 +119,6 @@ def row_normalised_confusion(preds: np.ndarray, labels: np.ndarray, k: int) -> n
 
 # ---------------------------------------------------------------------------------------------
 # loading a run
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl records; a torn last line (a run killed mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def find_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:

@@ -200,7 +200,8 @@ def plot_per_class(
 def _load_export(export_dir: Path) -> dict[str, Any]:
     import yaml
 
-    from bacon_zoo.hub.export import NET_CONFIG, read_json, read_metrics
+    from bacon_zoo.hub.export import NET_CONFIG, read_json
+    from bacon_zoo.train.metrics import read_metrics
 
     fix = "it is not a complete bacon-zoo export; export the run again"
     recipe_path = export_dir / "recipe.yaml"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.train.metrics import read_metrics
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,19 +64,6 @@ def read_json(path: Path, what: str, fix: str) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path} is not valid JSON; {fix}") from None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl rows (one per evaluation); a torn last line (killed mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def eval_head(summary: dict, algorithm: str) -> str:

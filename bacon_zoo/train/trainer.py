@@ -40,7 +40,7 @@ from bacon_zoo.train.checkpoint import (
     save_checkpoint,
 )
 from bacon_zoo.train.evaluate import evaluate
-from bacon_zoo.train.metrics import summarize
+from bacon_zoo.train.metrics import read_metrics, summarize
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -152,10 +152,7 @@ def _log_line(path: Path, record: dict) -> None:
 
 def _read_history(path: Path, up_to_step: int) -> list[dict]:
     """Evaluation records already written, dropping any after the checkpoint being resumed."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= up_to_step]
+    return [r for r in read_metrics(path) if r["step"] <= up_to_step]
 
 
 def train(cfg: TrainConfig) -> dict:
