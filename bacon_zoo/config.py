@@ -260,14 +260,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        _deep_merge(merged, _nested(key.strip(), value))
+        deep_merge(merged, _nested(key.strip(), value))
     return merged
 
 
-def _deep_merge(dst: dict, src: dict) -> dict:
+def deep_merge(dst: dict, src: dict) -> dict:
+    """Merge nested dict `src` into `dst` in place (src wins); used for recipe chains and --set."""
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_merge(dst[k], v)
+            deep_merge(dst[k], v)
         else:
             dst[k] = v
     return dst
@@ -316,8 +317,8 @@ def load_recipe(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     bases = base if isinstance(base, list) else [base]
     merged: dict[str, Any] = {}
     for b in bases:
-        _deep_merge(merged, load_recipe(str(b), _seen + (path,)))
-    return _deep_merge(merged, data)
+        deep_merge(merged, load_recipe(str(b), _seen + (path,)))
+    return deep_merge(merged, data)
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

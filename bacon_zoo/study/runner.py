@@ -29,6 +29,7 @@ import yaml
 from bacon_zoo.config import (
     TrainConfig,
     apply_overrides,
+    deep_merge,
     fingerprint,
     load_recipe,
     load_run_config,
@@ -76,15 +77,6 @@ class Study:
 # planning
 
 
-def _merge(dst: dict, src: dict) -> dict:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-    return dst
-
-
 def load_study_recipe(recipe: str | None, base: str | None = None) -> tuple[dict[str, Any], Any]:
     """(settings shared by every cell, the `study:` block). `base` replaces the recipe's own `base:`."""
     if recipe is None:
@@ -95,7 +87,7 @@ def load_study_recipe(recipe: str | None, base: str | None = None) -> tuple[dict
         path = resolve_recipe_path(recipe).resolve()
         own = yaml.safe_load(path.read_text()) or {}
         own.pop("base", None)
-        merged = _merge(load_recipe(str(resolve_recipe_path(base, path.parent))), own)
+        merged = deep_merge(load_recipe(str(resolve_recipe_path(base, path.parent))), own)
     return merged, merged.pop("study", None)
 
 
@@ -133,7 +125,7 @@ def plan_study(
             raise UserError(
                 f"'{key}' is varied by the study; narrow it with --grid {key}=... instead of --set"
             )
-    _merge(common, parse_set(sets or []))
+    deep_merge(common, parse_set(sets or []))
     study = Study(Path(out).resolve(), recipe, base, list(sets or []), spec, common, cells)
     for cell in cells:
         cell_config(common, cell, study.cell_dir(cell))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from bacon_zoo.algorithms import create_algorithm
 from bacon_zoo.analysis.diagnostics import TrainingDiagnostics
-from bacon_zoo.config import TrainConfig, dumps, fingerprint, load_run_config, save_config
+from bacon_zoo.config import TrainConfig, fingerprint, load_run_config, save_config
 from bacon_zoo.data import make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.errors import UserError
 from bacon_zoo.models import BaconNet
@@ -390,6 +390,3 @@ def train(cfg: TrainConfig) -> dict:
             accelerator.print(f"exported to {out}")
     accelerator.end_training()
     return summary
-
-
-__all__ = ["train", "default_run_dir", "dumps"]
