@@ -71,6 +71,7 @@ class TrainConfig:
     init_from: str | None = (
         None  # an exported folder or hub id whose BaconNet weights start training
     )
+    head_init: str = "default"  # ABC head + projection: "default" (PyTorch's, as the release) | "family"
     algorithm: str = "bacon"
     # data
     dataset: str = "cifar10"
@@ -89,6 +90,8 @@ class TrainConfig:
     max_eval_samples: int | None = None  # evaluate on a class-balanced subset (quick runs)
     image_size: int = 32
     num_workers: int = 4
+    data_device: str = "auto"  # where the uint8 images live and views are made: auto (the accelerator's) | cpu
+    skip_unreadable_images: bool = False  # drop images that fail to decode (counted) instead of stopping
     # optimisation
     steps: int = 300_000
     batch_size: int = 64  # labeled, per process
@@ -99,6 +102,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    weight_decay_all: bool = False  # False: the release's groups (no decay on ndim <= 1 and biases)
     ema_decay: float = 0.999
     ema_warmup: bool = (
         False  # timm's EMA warm-up (decay grows towards ema_decay); for short budgets
@@ -116,7 +120,9 @@ class TrainConfig:
     compile: bool = False
     cpu: bool = False
     log_with: str = "none"
-    mixed_precision: str | None = None  # no | fp16 | bf16; None = what `accelerate launch` says
+    # auto: bf16 where the device has native bf16 (CUDA, AVX-512-BF16/AMX CPUs), else fp32;
+    # None = what `accelerate launch` says
+    mixed_precision: str | None = "auto"
     export: bool = True  # export the model (safetensors + card) at the end of training
     # algorithms
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
@@ -131,7 +137,9 @@ CHOICES = {
     "algorithm": ("fixmatch", "abc", "bacon"),
     "lr_schedule": ("constant", "cosine"),
     "log_with": ("none", "tensorboard", "trackio", "wandb"),
-    "mixed_precision": (None, "no", "fp16", "bf16"),
+    "mixed_precision": (None, "auto", "no", "fp16", "bf16"),
+    "head_init": ("default", "family"),
+    "data_device": ("auto", "cpu"),
 }
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RUNTIME_KEYS = (
