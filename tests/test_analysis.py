@@ -23,7 +23,7 @@ from bacon_zoo.analysis import (
 )
 from bacon_zoo.errors import UserError
 from bacon_zoo.models import BaconOutput
-from bacon_zoo.train.metrics import classification_metrics, head_medium_tail
+from bacon_zoo.metrics import classification_metrics, head_medium_tail
 
 S2 = 1.0 / math.sqrt(2.0)
 

@@ -32,7 +32,7 @@ from bacon_zoo.hub.card import METRICS, card_metrics, setting_string
 from bacon_zoo.hub.export import eval_head, export_run, load_bacon_net, load_bacon_net_weights
 from bacon_zoo.hub.hubio import load_pretrained, predict
 from bacon_zoo.models import BaconNet
-from bacon_zoo.train.metrics import summarize
+from bacon_zoo.metrics import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "frog"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bacon_zoo.train.metrics import classification_metrics, head_medium_tail, summarize
+from bacon_zoo.metrics import classification_metrics, head_medium_tail, summarize
 
 
 def test_head_medium_tail_thirds_by_labeled_count():

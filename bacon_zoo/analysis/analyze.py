@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.train.metrics import classification_metrics, head_medium_tail, read_metrics
+from bacon_zoo.fileio import read_jsonl as read_metrics
+from bacon_zoo.metrics import classification_metrics, head_medium_tail
 
 GROUPS = ("head", "medium", "tail")
 METRIC_ROWS = (  # (key in classification_metrics, label in the pages)

@@ -201,7 +201,7 @@ def _load_export(export_dir: Path) -> dict[str, Any]:
     import yaml
 
     from bacon_zoo.hub.export import NET_CONFIG, read_json
-    from bacon_zoo.train.metrics import read_metrics
+    from bacon_zoo.fileio import read_jsonl as read_metrics
 
     fix = "it is not a complete bacon-zoo export; export the run again"
     recipe_path = export_dir / "recipe.yaml"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.train.metrics import read_metrics
+from bacon_zoo.fileio import read_jsonl as read_metrics
 
 if TYPE_CHECKING:
     from torch import nn
@@ -125,7 +125,7 @@ def _run_summary(run_dir: Path, cfg, history: list[dict]) -> dict:
             f"{run_dir} has no summary.json and no evaluations in metrics.jsonl; train until the "
             "first evaluation (--eval-every) before exporting"
         )
-    from bacon_zoo.train.metrics import summarize
+    from bacon_zoo.metrics import summarize
 
     return summarize(history) | {
         "status": "incomplete",

@@ -7,7 +7,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from bacon_zoo.train.metrics import classification_metrics
+from bacon_zoo.metrics import classification_metrics
 
 
 @torch.no_grad()

@@ -40,7 +40,8 @@ from bacon_zoo.train.checkpoint import (
     save_checkpoint,
 )
 from bacon_zoo.train.evaluate import evaluate
-from bacon_zoo.train.metrics import read_metrics, summarize
+from bacon_zoo.fileio import read_jsonl as read_metrics
+from bacon_zoo.metrics import summarize
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -7,9 +7,7 @@ classes. The group accuracy is the mean per-class accuracy of its classes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -72,16 +70,3 @@ def summarize(history: Sequence[dict]) -> dict:
         "median_last5": {k: float(np.median([r[k] for r in tail5])) for k in keys},
         "num_evals": len(history),
     }
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a `metrics.jsonl` (one per evaluation); a torn last line (killed mid-write) is skipped."""
-    if not Path(path).is_file():
-        return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
