@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from bacon_zoo import __version__
 from bacon_zoo.errors import UserError
+
+EXIT_USER_ERROR = 2  # bad input: fix the command; retrying it unchanged fails again
 
 COMMAND_MODULES = [
     "bacon_zoo.train.cli",
@@ -22,8 +25,20 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage of `train` is a screen of flags)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def one_line(message: str) -> str:
+    """A message on one line, whatever the code that raised it put in it."""
+    return re.sub(r"\s*\n\s*", " ", str(message).strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bacon-zoo",
         description="BaCon, FixMatch and ABC on any timm backbone, for class-imbalanced semi-supervised learning.",
     )
@@ -35,19 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 2 bad input (one `error:` line on stderr, no traceback),
+    143 / 130 stopped by SIGTERM / SIGINT after a checkpoint (requeue with --resume), and a traceback
+    for anything else, which is a bug in bacon-zoo and must stay visible.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors: SystemExit(2) with one line
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"bacon-zoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"bacon-zoo {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as e:  # TrainingStopped carries the signal's conventional code
+        code = getattr(e, "exit_code", 130)
+        print(one_line(e) or "interrupted", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

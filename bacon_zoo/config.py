@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,7 +72,9 @@ class TrainConfig:
     init_from: str | None = (
         None  # an exported folder or hub id whose BaconNet weights start training
     )
-    head_init: str = "default"  # ABC head + projection: "default" (PyTorch's, as the release) | "family"
+    head_init: str = (
+        "default"  # ABC head + projection: "default" (PyTorch's, as the release) | "family"
+    )
     algorithm: str = "bacon"
     # data
     dataset: str = "cifar10"
@@ -90,8 +93,12 @@ class TrainConfig:
     max_eval_samples: int | None = None  # evaluate on a class-balanced subset (quick runs)
     image_size: int = 32
     num_workers: int = 4
-    data_device: str = "auto"  # where the uint8 images live and views are made: auto (the accelerator's) | cpu
-    skip_unreadable_images: bool = False  # drop images that fail to decode (counted) instead of stopping
+    data_device: str = (
+        "auto"  # where the uint8 images live and views are made: auto (the accelerator's) | cpu
+    )
+    skip_unreadable_images: bool = (
+        False  # drop images that fail to decode (counted) instead of stopping
+    )
     # optimisation
     steps: int = 300_000
     batch_size: int = 64  # labeled, per process
@@ -142,6 +149,7 @@ CHOICES = {
     "data_device": ("auto", "cpu"),
 }
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# options that do not change the experiment: a resume with other values of these is the same run
 RUNTIME_KEYS = (
     "resume",
     "output_dir",
@@ -149,7 +157,104 @@ RUNTIME_KEYS = (
     "num_workers",
     "log_with",
     "export",
-)  # not part of an experiment
+    "log_every",
+    "eval_batch_size",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "data_device",
+    "skip_unreadable_images",
+)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of one numeric config field; `None` bounds are open-ended."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo < x (else lo <= x)
+    hi_open: bool = False  # x < hi (else x <= hi)
+    optional: bool = False  # None (YAML null) is allowed too
+    hint: str = ""  # appended to the error, e.g. what to use instead
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            lo, hi = self.fmt(self.lo), self.fmt(self.hi)
+            text = f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {self.fmt(self.lo)}"
+        else:
+            text = f"{'<' if self.hi_open else '<='} {self.fmt(self.hi)}"
+        return text + (" or null" if self.optional else "")
+
+    @staticmethod
+    def fmt(x: Any) -> str:
+        if x is None:
+            return "null"
+        if isinstance(x, float) and x.is_integer() and abs(x) < 2**53:
+            return str(int(x))
+        return repr(x) if isinstance(x, float) else str(x)
+
+    def contains(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and not (value > self.lo if self.lo_open else value >= self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+
+def _ge(lo: float, **kw: Any) -> Range:
+    return Range(lo=lo, **kw)
+
+
+def _gt(lo: float, **kw: Any) -> Range:
+    return Range(lo=lo, lo_open=True, **kw)
+
+
+_FRACTION = Range(0.0, 1.0)  # probabilities and confidence thresholds
+# every int / float field of the config tree (dotted for sections); `validate` checks them all and a
+# test makes sure a new numeric field cannot be added without a range
+RANGES: dict[str, Range] = {
+    "bn_momentum": Range(0.0, 1.0, lo_open=True, optional=True),
+    "n1": _ge(1),
+    "m1": _ge(1, optional=True),
+    "imb_ratio_l": _ge(1, hint="; use --reverse-u for a reversed unlabeled profile"),
+    "imb_ratio_u": _ge(1, hint="; use --reverse-u for a reversed unlabeled profile"),
+    "test_per_class": _ge(1, optional=True),
+    "max_eval_samples": _ge(1, optional=True),
+    "image_size": _ge(8),
+    "num_workers": _ge(0),
+    "steps": _ge(1),
+    "batch_size": _ge(1),
+    "mu": _ge(1),
+    "lr": _gt(0),
+    "warmup_steps": _ge(0),
+    "momentum": Range(0.0, 1.0, hi_open=True),
+    "weight_decay": _ge(0),
+    "ema_decay": Range(0.0, 1.0, hi_open=True),
+    "eval_every": _ge(1),
+    "eval_batch_size": _ge(1),
+    "checkpoint_every": _ge(1),
+    "keep_checkpoints": _ge(0, hint="; 0 keeps every checkpoint"),
+    "log_every": _ge(1),
+    "seed": Range(0, 2**32 - 1),  # numpy's seed range
+    "fixmatch.threshold": _FRACTION,
+    "fixmatch.lambda_u": _ge(0),
+    "abc.threshold": _FRACTION,
+    "abc.weight": _ge(0),
+    "bacon.proj_dim": _ge(1),
+    "bacon.tau0": _gt(0),
+    "bacon.eta": Range(0.0, 1.0, hi_open=True),  # keeps every class temperature positive
+    "bacon.topk": _ge(1),
+    "bacon.neg_scale": _gt(0),
+    "bacon.anchor_threshold": _FRACTION,
+    "bacon.bank_threshold": _FRACTION,
+    "bacon.start": Range(0.0, 1.0, hint="; it is a fraction of the total steps"),
+    "bacon.bta_horizon": _gt(0, hint="; it is a multiple of the total steps"),
+    "bacon.weight": _ge(0),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +434,25 @@ def load_recipe(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(merged, data)
 
 
+def numeric_fields(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Dotted names of every int / float field (optional ones too) of a config dataclass tree."""
+    out = []
+    for name, typ in _field_types(cls).items():
+        if dataclasses.is_dataclass(typ):
+            out += numeric_fields(typ, f"{prefix}{name}.")
+        elif typ in (int, float) or (set(get_args(typ)) - {type(None)}) & {int, float}:
+            out.append(prefix + name)
+    return out
+
+
+def get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every choice and every numeric range (RANGES); raise one UserError line naming the field."""
     for key, options in CHOICES.items():
         if getattr(cfg, key) not in options:
             names = [str(o) for o in options if o is not None]
@@ -337,20 +460,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 f"{key} '{getattr(cfg, key)}' is not one of {', '.join(names)}"
                 f"{_suggest(str(getattr(cfg, key)), names)}"
             )
-    positive = ("steps", "batch_size", "mu", "eval_every", "checkpoint_every", "image_size", "n1")
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"{key} must be positive, got {getattr(cfg, key)}")
-    if cfg.imb_ratio_l < 1 or cfg.imb_ratio_u < 1:
+    for key, rng in RANGES.items():
+        value = get_dotted(cfg, key)
+        if not rng.contains(value):
+            raise UserError(f"{key} must be {rng.describe()} (got {rng.fmt(value)}){rng.hint}")
+    if cfg.nesterov and cfg.momentum == 0:
         raise UserError(
-            "imbalance ratios must be >= 1; use --reverse-u for a reversed unlabeled profile"
+            "nesterov needs momentum > 0 (got momentum 0); pass --no-nesterov or a momentum"
         )
-    if not 0.0 <= cfg.bacon.start <= 1.0:
-        raise UserError(
-            f"bacon.start is a fraction of the total steps in [0, 1], got {cfg.bacon.start}"
-        )
-    if cfg.bacon.bta_horizon <= 0:
-        raise UserError(f"bacon.bta_horizon must be positive, got {cfg.bacon.bta_horizon}")
     return cfg
 
 
@@ -378,16 +495,39 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    path.write_text(dumps(cfg))
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
+    """The config saved in a run directory; a damaged file is one line naming it and the problem."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(
             f"'{run_dir}' is not a run directory (no config.yaml); point at a train output dir"
         )
-    return config_from_dict(yaml_load(path.read_text()))
+    try:
+        data = yaml_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(
+            f"{path} is not valid YAML ({_yaml_problem(e)}); fix or restore it"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path} must be a mapping of config keys, not {type(data).__name__}; fix or restore it"
+        )
+    try:
+        return config_from_dict(data)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """`line 3: could not find expected ':'` from a PyYAML error, on one line."""
+    mark = getattr(e, "problem_mark", None)
+    problem = " ".join(str(getattr(e, "problem", None) or e).split())
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,12 +583,49 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def dumps(cfg: TrainConfig) -> str:
+    """The config as YAML that `yaml_load` reads back to the same config.
+
+    PyYAML's dumper quotes every string a YAML 1.1 reader would take for something else ('no', 'on',
+    '1e-3'), which is a superset of what `yaml_load`'s YAML 1.2 booleans resolve, so the round trip is
+    exact and other YAML readers see the same values.
+    """
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def fingerprint(cfg: TrainConfig) -> str:
-    """A stable JSON of the experiment (runtime-only keys dropped) for comparing runs."""
+def _experiment_dict(cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     d = cfg.to_dict()
-    for k in RUNTIME_KEYS:
-        d.pop(k, None)
-    return json.dumps(d, sort_keys=True)
+    for key in (*RUNTIME_KEYS, *ignore):
+        *parents, last = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    return d
+
+
+def fingerprint(cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> str:
+    """A stable JSON of the experiment for comparing runs.
+
+    RUNTIME_KEYS (options that do not change the results) are dropped, and so are the `ignore` keys
+    (dotted for sections), e.g. `ignore=("steps",)` to let a resume raise the step budget.
+    """
+    return json.dumps(_experiment_dict(cfg, ignore), sort_keys=True)
+
+
+def config_diff(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two experiments (RUNTIME_KEYS and `ignore` left out)."""
+
+    def walk(x: dict, y: dict, prefix: str) -> list[str]:
+        out = []
+        for k in sorted(set(x) | set(y)):
+            u, v = x.get(k), y.get(k)
+            if isinstance(u, dict) and isinstance(v, dict) and k in _SECTIONS:
+                out += walk(u, v, f"{prefix}{k}.")
+            elif u != v:
+                out.append(prefix + k)
+        return out
+
+    return walk(_experiment_dict(a, ignore), _experiment_dict(b, ignore), "")
+
+
+_SECTIONS = {name for name, t in _field_types(TrainConfig).items() if dataclasses.is_dataclass(t)}
