@@ -22,3 +22,75 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def cifar_path() -> Path:
     """The real CIFAR-10 in the uoft-cs/cifar10 layout (plain_text/*.parquet)."""
     return CIFAR_PATH
+
+
+# ---- running the CLI in-process (no new interpreter per case)
+
+# a run of a few seconds on the bundled digits data set (CPU, fp32, no export); `--set` items
+TINY_SETS = (
+    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
+    "batch_size=4", "mu=2", "steps=6", "eval_every=3", "checkpoint_every=3", "keep_checkpoints=0",
+    "num_workers=0", "max_eval_samples=60", "cpu=true", "mixed_precision=no", "export=false",
+    "log_every=2", "eval_batch_size=32", "bacon.start=0", "bacon.anchor_threshold=0",
+    "bacon.bank_threshold=0", "abc.threshold=0",
+)  # fmt: skip
+
+
+class CliResult:
+    """What one `bacon_zoo.cli.main(argv)` call did: exit code, stdout, stderr."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, err={self.err[-2000:]!r})"
+
+
+def _run_cli(argv: list[str]) -> CliResult:
+    import contextlib
+    import io
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    from bacon_zoo.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    offline = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:  # argparse: usage errors and --help
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        AcceleratorState._reset_state(True)
+        if offline is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = offline
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """`run_cli(argv) -> CliResult`: `bacon-zoo ARGV` in this process, offline, output captured.
+
+    Exceptions other than SystemExit propagate (a traceback is a bug the test must show).
+    """
+    return _run_cli
+
+
+def tiny_train_argv(out_dir, *extra_sets: str) -> list[str]:
+    """`train` argv for a TINY_SETS run in out_dir; extra `--set` items win."""
+    argv = ["train", "--output-dir", str(out_dir)]
+    for s in (*TINY_SETS, *extra_sets):
+        argv += ["--set", s]
+    return argv
+
+
+@pytest.fixture(scope="session")
+def tiny_train():
+    """`tiny_train(out_dir, *extra_sets) -> argv` for `run_cli` (see TINY_SETS)."""
+    return tiny_train_argv

@@ -103,6 +103,8 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
         if f"custom_checkpoint_{i}.pkl" not in files:
             return f"custom_checkpoint_{i}.pkl is not in the manifest (written by another version?)"
     for name, meta in sorted(files.items()):
+        if not isinstance(meta, dict):
+            return f"{MANIFEST} is unreadable"
         f = path / name
         if not f.is_file():
             return f"{name} missing"
@@ -132,6 +134,13 @@ def _newest_verified(ckpt_root: Path) -> tuple[Path | None, list[tuple[Path, str
 
 def _rel(p: Path) -> str:
     return f"{p.parent.name}/{p.name}"
+
+
+def latest_complete(ckpt_root: Path) -> Path | None:
+    """The newest checkpoint in `ckpt_root` that verifies (for export / analysis), naming skipped ones."""
+    found, skipped = _newest_verified(Path(ckpt_root))
+    _report_skipped(skipped, found, "using")
+    return found
 
 
 def find_resume_dir(resume: str, ckpt_root: Path) -> Path | None:
@@ -182,11 +191,13 @@ def find_resume_dir(resume: str, ckpt_root: Path) -> Path | None:
     )
 
 
-def _report_skipped(skipped: list[tuple[Path, str]], found: Path | None) -> None:
+def _report_skipped(
+    skipped: list[tuple[Path, str]], found: Path | None, verb: str = "resuming from"
+) -> None:
     for i, (ckpt, reason) in enumerate(skipped):
         then = ""
         if i == len(skipped) - 1:
-            then = f"; resuming from {found.name}" if found is not None else ""
+            then = f"; {verb} {found.name}" if found is not None else ""
         _log(f"skipping {_rel(ckpt)}: {reason}{then}")
 
 
