@@ -66,6 +66,17 @@ def run(args: argparse.Namespace) -> int:
         f"{' reversed' if cfg.reverse_u else ''}"
         f"{' (labeled included in unlabeled)' if cfg.include_labeled_in_unlabeled else ''} seed={cfg.seed}"
     )
+    for what, origins in (
+        ("labeled", split.labeled_origins),
+        ("unlabeled", split.unlabeled_origins),
+    ):
+        if len(origins) > 1:  # a pooled source: say where the images came from
+            print(f"{what}: " + " + ".join(f"{n} from '{s}'" for s, n in origins.items()))
+    if data.source.held_out_per_class:
+        print(
+            f"test: {data.source.held_out_per_class} per class held out of the training pool "
+            "(the data set has no test split; --test-per-class)"
+        )
     test_counts = class_counts(data.test.labels, data.num_classes)
     print(
         format_table(

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,13 +28,17 @@ import numpy as np
 from bacon_zoo.data.splits import balanced_indices, class_counts
 from bacon_zoo.errors import UserError
 
-CACHE_FORMAT = 1  # bump when the decoded layout changes
+CACHE_FORMAT = 2  # bump when the decoded layout changes (2: an `ok` mask for unreadable images)
 # held-out test splits use seed + offset, so they never mirror the split's own draw
 HOLDOUT_SEED_OFFSET = 7919
 TEST_SPLITS = ("test", "validation", "valid", "val")
 UNLABELED_SPLITS = ("unlabeled", "unlabelled", "unsupervised")
 LABEL_NAMES = ("label", "labels", "fine_label", "target", "class")
 OFFLINE_HINT = "use --dataset digits (bundled, offline), or a local folder (parquet files, save_to_disk, imagefolder)"
+LAYOUTS = (
+    "images in class sub-folders (<folder>/<class>/<image>.png|.jpg, optionally under train/ and test/), "
+    "parquet/arrow/csv/json files with an Image column, or a save_to_disk folder"
+)
 
 
 @dataclass
@@ -66,6 +71,12 @@ class SourceData:
     std: tuple[float, float, float]
     name: str
     fingerprint: str
+    # origin[i] indexes origin_names: the source split train image i came from (SVHN: train/extra,
+    # STL-10: train/unlabeled); a split file records these counts
+    origin: np.ndarray | None = None
+    origin_names: list[str] = field(default_factory=list)
+    held_out_per_class: int = 0  # > 0: the test set was carved out of the training pool
+    skipped: dict[str, int] = field(default_factory=dict)  # unreadable images skipped, per split
 
     @property
     def num_classes(self) -> int:
@@ -86,6 +97,11 @@ class Preset:
     test_per_class: int | None = None
     holdout_seed: int | None = None
     builder: Callable[[], Any] | None = field(default=None, compare=False)  # in-process source
+    # source splits pooled, in this order, into the training pool (SVHN: train + extra); all required
+    train_splits: tuple[str, ...] = ("train",)
+    test_split: str | None = None  # None: the first of TEST_SPLITS present
+    # the protocol needs an unlabeled-only split (STL-10): stop when the source has none
+    requires_unlabeled: bool = False
 
 
 @functools.cache  # the same in-memory Dataset for every load in a process
@@ -113,13 +129,18 @@ PRESETS: dict[str, Preset] = {
         "uoft-cs/cifar100", "img", "fine_label",
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
     ),
+    # the release pools train (73,257) + extra (531,131) before drawing the long-tailed subsets
     "svhn": Preset(
         "ufldl-stanford/svhn", "image", "label", config="cropped_digits",
         mean=(0.4380, 0.4440, 0.4730), std=(0.1751, 0.1771, 0.1744),
+        train_splits=("train", "extra"), test_split="test",
     ),
+    # train 5,000 / test 8,000 / unlabeled 100,000 (and folds train_0..9, unused); tanganke/stl10
+    # holds only train and test, so it cannot give the protocol's unlabeled set
     "stl10": Preset(
-        "tanganke/stl10", "image", "label",
+        "jxie/stl10", "image", "label",
         mean=(0.4409, 0.4279, 0.3868), std=(0.2683, 0.2610, 0.2687),
+        test_split="test", requires_unlabeled=True,
     ),
     "digits": Preset(None, "image", "label", test_per_class=30, holdout_seed=0, builder=_digits_dataset),
 }  # fmt: skip
@@ -190,11 +211,14 @@ def _open_local(path: Path) -> dict[str, Any]:
             loaded = datasets.load_dataset(str(path))
     except UserError:
         raise
+    except datasets.data_files.EmptyDatasetError:
+        raise UserError(
+            f"no images or supported data files in '{path}'; supported layouts: {LAYOUTS}"
+        ) from None
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetsError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
-            f"could not read a data set from '{path}' ({msg}); expected parquet/csv/json files, "
-            "an image folder, or a save_to_disk folder"
+            f"could not read a data set from '{path}' ({msg}); supported layouts: {LAYOUTS}"
         ) from None
     return _as_splits(loaded)
 
@@ -245,8 +269,14 @@ def _as_splits(loaded: Any) -> dict[str, Any]:
 # columns and labels
 
 
-def _find_columns(ds: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
-    """The first `Image` and `ClassLabel` features unless named; a wrong name lists what exists."""
+def _find_columns(
+    ds: Any, image_column: str | None, label_column: str | None, local: Path | None = None
+) -> tuple[str, str]:
+    """The first `Image` and `ClassLabel` features unless named; a wrong name lists what exists.
+
+    `local` (the folder a local data set came from) words the errors for folders: no images at all,
+    or images in one folder only (an image folder without class sub-folders has no labels).
+    """
     import datasets
 
     feats = ds.features
@@ -263,8 +293,10 @@ def _find_columns(ds: Any, image_column: str | None, label_column: str | None) -
     if image_column is None:
         image_column = next((c for c in cols if isinstance(feats[c], datasets.Image)), None)
         if image_column is None:
+            where = f" in '{local}'" if local is not None else ""
             raise UserError(
-                f"no Image column found; available columns: {avail}; set --image-column"
+                f"no images found{where} (no Image column; available columns: {avail}); set "
+                f"--image-column if a column holds the images; supported layouts: {LAYOUTS}"
             )
     if label_column is None:
         label_column = next((c for c in cols if isinstance(feats[c], datasets.ClassLabel)), None)
@@ -273,11 +305,33 @@ def _find_columns(ds: Any, image_column: str | None, label_column: str | None) -
                 (c for c in LABEL_NAMES if c in feats and isinstance(feats[c], datasets.Value)),
                 None,
             )
+        folder = (
+            _image_file_folder(ds, image_column)
+            if label_column is None and local is not None
+            else None
+        )
+        if folder is not None:  # an image folder without class sub-folders
+            raise UserError(
+                f"found only one class in '{local}' (every image is in the folder '{folder}'), so "
+                "there are no labels; put each class in its own sub-folder "
+                "(<folder>/<class>/<image>.png), or name a label column with --label-column"
+            )
         if label_column is None:
             raise UserError(
                 f"no ClassLabel column found; available columns: {avail}; set --label-column"
             )
     return image_column, label_column
+
+
+def _image_file_folder(ds: Any, image_column: str) -> str | None:
+    """The folder of the first image when images are files on disk (an image folder), else None."""
+    import datasets
+
+    if not len(ds) or not isinstance(ds.features[image_column], datasets.Image):
+        return None
+    value = _raw_image_column(ds, image_column)[0][image_column]
+    path = value.get("path") if isinstance(value, dict) else None
+    return Path(path).parent.name if path and Path(path).is_file() else None
 
 
 def _class_names(ds: Any, label_column: str) -> list[str] | None:
@@ -355,18 +409,73 @@ def _to_rgb(value: Any, size: int) -> np.ndarray:
     return np.asarray(value, dtype=np.uint8)
 
 
-def decode_images(
-    ds: Any, image_column: str, image_size: int, batch_size: int = 1000
-) -> np.ndarray:
-    """Decode a column once into uint8 [N, S, S, 3] (batched reads; PIL per image only here)."""
+def _raw_image_column(ds: Any, image_column: str) -> Any:
+    """The image column alone, `Image` features left undecoded ({bytes, path} dicts): decoding happens
+    per image in `_to_rgb`, so one bad file is caught and named instead of failing a whole batch."""
+    import datasets
+
     col = ds.select_columns([image_column])
-    out = np.empty((len(col), image_size, image_size, 3), dtype=np.uint8)
+    feat = col.features[image_column]
+    if isinstance(feat, datasets.Image) and feat.decode:
+        col = col.cast_column(image_column, datasets.Image(decode=False))
+    return col
+
+
+def _describe_image(value: Any, row: int, split: str, image_column: str) -> str:
+    """Where a bad image is, for the user: its file when it is one, else its row and column."""
+    path = value.get("path") if isinstance(value, dict) else None
+    if path and value.get("bytes") is None:
+        return f"file '{path}' (row {row} of split '{split}')"
+    named = f" ('{path}')" if path else ""
+    return f"row {row} of split '{split}', column '{image_column}'{named}"
+
+
+def _unreadable_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # PIL raises OSError (UnidentifiedImageError, truncated files), SyntaxError/EOFError on broken
+    # headers, ValueError/TypeError on arrays of the wrong shape or dtype
+    return (OSError, ValueError, TypeError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _unreadable_message(name: str, where: str, err: BaseException) -> str:
+    why = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"cannot read the image at {where} of '{name}' ({type(err).__name__}: {why}); fix or delete "
+        "it, or pass --skip-unreadable-images to leave unreadable images out"
+    )
+
+
+def decode_images(
+    ds: Any,
+    image_column: str,
+    image_size: int,
+    batch_size: int = 1000,
+    split: str = "train",
+    name: str = "",
+    skip_unreadable: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a column once into uint8 [N, S, S, 3] and an `ok` mask (batched reads; PIL only here).
+
+    An image that does not decode stops with its file (or row and column) named, unless
+    `skip_unreadable`: then its slot stays zero and `ok` is False there.
+    """
+    col = _raw_image_column(ds, image_column)
+    out = np.zeros((len(col), image_size, image_size, 3), dtype=np.uint8)
+    ok = np.ones(len(col), dtype=bool)
+    errors = _unreadable_errors()
     pos = 0
     for batch in col.iter(batch_size=batch_size):
         for value in batch[image_column]:
-            out[pos] = _to_rgb(value, image_size)
+            try:
+                out[pos] = _to_rgb(value, image_size)
+            except errors as e:
+                if not skip_unreadable:
+                    where = _describe_image(value, pos, split, image_column)
+                    raise UserError(_unreadable_message(name or split, where, e)) from None
+                ok[pos] = False
             pos += 1
-    return out
+    return out, ok
 
 
 def _cache_key(ds: Any, split: str, image_column: str, image_size: int) -> str | None:
@@ -392,33 +501,59 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
 
 
 def cached_images(
-    ds: Any, split: str, image_column: str, image_size: int, name: str, decode: bool = True
-) -> np.ndarray:
+    ds: Any,
+    split: str,
+    image_column: str,
+    image_size: int,
+    name: str,
+    decode: bool = True,
+    skip_unreadable: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """`decode_images`, read from / written to the on-disk cache when the data set has a fingerprint.
 
-    `decode=False` returns a zero-size [N, 0, 0, 3] placeholder: for label-only work (tables, splits).
+    Returns the images and the `ok` mask (False: unreadable, skipped). `decode=False` returns a
+    zero-size [N, 0, 0, 3] placeholder and an all-True mask: for label-only work (tables, splits).
     """
     if not decode:
-        return np.empty((len(ds), 0, 0, 3), dtype=np.uint8)
+        return np.empty((len(ds), 0, 0, 3), dtype=np.uint8), np.ones(len(ds), dtype=bool)
     key = _cache_key(ds, split, image_column, image_size)
+    kw = dict(split=split, name=name, skip_unreadable=skip_unreadable)
     if key is None:
-        return decode_images(ds, image_column, image_size)
+        return decode_images(ds, image_column, image_size, **kw)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-60:]
     path = cache_dir() / "decoded" / f"{safe}-{split}-{image_size}px-{key}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
-                images = z["images"]
-            if images.shape[0] == len(ds):
-                return images
+                images, ok = z["images"], z["ok"]
+            if images.shape[0] == len(ds) == ok.shape[0]:
+                if not skip_unreadable and not ok.all():
+                    _raise_first_unreadable(ds, split, image_column, image_size, name, ok)
+                return images, ok
         except (OSError, ValueError, KeyError):
             pass  # a corrupt cache file: decode again and overwrite it
-    images = decode_images(ds, image_column, image_size)
+    images, ok = decode_images(ds, image_column, image_size, **kw)
     with contextlib.suppress(
         OSError
     ):  # a read-only cache is not fatal: the next load decodes again
-        _save_npz_atomic(path, images=images)
-    return images
+        _save_npz_atomic(path, images=images, ok=ok)
+    return images, ok
+
+
+def _raise_first_unreadable(
+    ds: Any, split: str, image_column: str, image_size: int, name: str, ok: np.ndarray
+) -> None:
+    """A cache written with skipping holds bad rows: without skipping, name the first one as decoding would."""
+    row = int(np.flatnonzero(~ok)[0])
+    value = _raw_image_column(ds, image_column)[row][image_column]
+    try:
+        _to_rgb(value, image_size)
+    except _unreadable_errors() as e:
+        raise UserError(
+            _unreadable_message(name, _describe_image(value, row, split, image_column), e)
+        ) from None
+    # readable now (the file was fixed in place): the cached mask is stale, so decode afresh
+    raise ValueError("stale unreadable-image mask")
 
 
 def channel_stats(
@@ -456,6 +591,42 @@ def _fingerprint(train: ImageSet, test: ImageSet, extra: str) -> str:
 # the entry point
 
 
+def _pick_splits(
+    splits: dict[str, Any], preset: Preset | None, dataset: str, where: str
+) -> tuple[list[str], str | None, list[str]]:
+    """(training-pool splits, test split, unlabeled-only splits) of a loaded data set.
+
+    A preset names its pooled training splits (all required) and whether it needs an unlabeled split;
+    any other source trains on `train` (or its first split) and finds test/unlabeled splits by name.
+    """
+    have = ", ".join(splits)
+    if preset is not None:
+        missing = [s for s in preset.train_splits if s not in splits]
+        if missing:
+            raise UserError(
+                f"the {dataset} preset pools the splits {' + '.join(preset.train_splits)} into its "
+                f"training set (as the release does), but {where} has no {', '.join(missing)} split "
+                f"(splits: {have}); use a complete copy, or give the folder itself as --dataset to "
+                "train on its splits as they are"
+            )
+        train_names = list(preset.train_splits)
+    else:
+        train_names = ["train" if "train" in splits else next(iter(splits))]
+    if preset is not None and preset.test_split in splits:
+        test_name = preset.test_split
+    else:
+        test_name = next((s for s in TEST_SPLITS if s in splits and s not in train_names), None)
+    unl_names = [s for s in UNLABELED_SPLITS if s in splits and s not in train_names]
+    if preset is not None and preset.requires_unlabeled and not unl_names:
+        raise UserError(
+            f"the {dataset} preset needs an unlabeled split ({'/'.join(UNLABELED_SPLITS)}): its "
+            f"unlabeled set is that split plus all labeled-train images, but {where} has only {have}; "
+            f"use the Hub copy {preset.hub_id} or set {preset_env_var(dataset)} to a local copy "
+            "with train, test and unlabeled splits"
+        )
+    return train_names, test_name, unl_names
+
+
 def load_source(
     dataset: str,
     image_column: str | None = None,
@@ -465,34 +636,41 @@ def load_source(
     test_per_class: int | None = None,
     seed: int = 0,
     decode: bool = True,
+    skip_unreadable: bool = False,
 ) -> SourceData:
     """Load a preset, a Hub id or a local folder as decoded train/test `ImageSet`s.
 
-    Train includes any `unlabeled` split with label -1. Without a test split, a balanced per-class test
-    set is held out of train (`test_per_class`, default min(100, 20% of the smallest class), seeded by
-    `seed`). `decode=False` skips the images (zero-size placeholders; mean/std NaN unless the preset
-    gives them): labels, split and fingerprint are the same as with decoding.
+    Train is the preset's pooled training splits (SVHN: train + extra; else `train`) followed by any
+    unlabeled-only split with label -1; `SourceData.origin` records which split each image came from.
+    Without a test split, a balanced per-class test set is held out of train (`test_per_class`,
+    default min(100, 20% of the smallest class), seeded by `seed`). `skip_unreadable` leaves images
+    that do not decode out (counted, printed) instead of stopping. `decode=False` skips the images
+    (zero-size placeholders; mean/std NaN unless the preset gives them): labels, split and fingerprint
+    are the same as with decoding, unreadable images aside.
     """
     if image_size < 1:
-        raise UserError(f"image_size must be positive, got {image_size}")
+        raise UserError(f"--image-size must be positive, got {image_size}")
+    if test_per_class is not None and test_per_class < 1:
+        raise UserError(f"--test-per-class must be positive, got {test_per_class}")
     # a preset name wins over a same-named folder: write ./name for the folder
     preset = PRESETS.get(dataset.lower())
     path = Path(dataset).expanduser()
+    local: Path | None = None
     if preset is not None:
         image_column = image_column or preset.image_column
         label_column = label_column or preset.label_column
-        local = os.environ.get(preset_env_var(dataset))
+        env = os.environ.get(preset_env_var(dataset))
         if preset.builder is not None:
-            splits = {"train": preset.builder()}
-        elif local:
-            if not Path(local).exists():
-                raise UserError(
-                    f"{preset_env_var(dataset)}={local} does not exist; fix or unset it"
-                )
-            splits = _open_local(Path(local))
+            splits, where = {"train": preset.builder()}, f"the bundled {dataset}"
+        elif env:
+            if not Path(env).exists():
+                raise UserError(f"{preset_env_var(dataset)}={env} does not exist; fix or unset it")
+            local, where = Path(env), f"{preset_env_var(dataset)}={env}"
+            splits = _open_local(local)
         else:
-            splits = _open_hub(preset.hub_id, preset.config, revision)
+            splits, where = _open_hub(preset.hub_id, preset.config, revision), f"'{preset.hub_id}'"
     elif path.exists():
+        local, where = path, f"'{path}'"
         splits = _open_local(path)
     elif dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
         raise UserError(f"local data set '{dataset}' does not exist; check the path")
@@ -504,41 +682,78 @@ def load_source(
             "or give a Hub id (owner/name) or a local folder"
         )
     else:
-        splits = _open_hub(dataset, None, revision)
+        splits, where = _open_hub(dataset, None, revision), f"'{dataset}'"
 
     if not splits:
         raise UserError(f"data set '{dataset}' has no splits")
-    train_name = "train" if "train" in splits else next(iter(splits))
-    test_name = next((s for s in TEST_SPLITS if s in splits and s != train_name), None)
-    unl_names = [s for s in UNLABELED_SPLITS if s in splits and s != train_name]
-    train_ds = splits[train_name]
-    image_column, label_column = _find_columns(train_ds, image_column, label_column)
+    train_names, test_name, unl_names = _pick_splits(splits, preset, dataset, where)
+    first = splits[train_names[0]]
+    image_column, label_column = _find_columns(first, image_column, label_column, local)
 
-    names = _class_names(train_ds, label_column)
-    train_labels, names = _encode_labels(_raw_labels(train_ds, label_column), names)
-    parts_img = [cached_images(train_ds, train_name, image_column, image_size, dataset, decode)]
-    parts_lab = [train_labels]
-    for s in unl_names:
-        if image_column not in splits[s].features:
+    names = _class_names(first, label_column)
+    skipped: dict[str, int] = {}
+    first_skipped: list[str] = []
+
+    def images_of(split: str) -> tuple[np.ndarray, np.ndarray]:
+        ds = splits[split]
+        if image_column not in ds.features:
             raise UserError(
-                f"split '{s}' has no column '{image_column}'; columns: {', '.join(splits[s].features)}"
+                f"split '{split}' has no column '{image_column}'; columns: {', '.join(ds.features)}"
             )
-        parts_img.append(cached_images(splits[s], s, image_column, image_size, dataset, decode))
-        parts_lab.append(np.full(len(splits[s]), -1, dtype=np.int64))
+        images, ok = cached_images(
+            ds, split, image_column, image_size, dataset, decode, skip_unreadable
+        )
+        if not ok.all():
+            skipped[split] = int((~ok).sum())
+            row = int(np.flatnonzero(~ok)[0])
+            value = _raw_image_column(ds, image_column)[row][image_column]
+            first_skipped.append(_describe_image(value, row, split, image_column))
+        return images, ok
+
+    parts_img, parts_lab, parts_origin = [], [], []
+    for i, split in enumerate(train_names + unl_names):
+        ds = splits[split]
+        if i < len(train_names):
+            if label_column not in ds.features:
+                raise UserError(
+                    f"split '{split}' has no label column '{label_column}'; columns: "
+                    f"{', '.join(ds.features)}; set --label-column"
+                )
+            labels, names = _encode_labels(_raw_labels(ds, label_column), names)
+        else:  # unlabeled-only: whatever its label column holds, the labels are unknown
+            labels = np.full(len(ds), -1, dtype=np.int64)
+        images, ok = images_of(split)
+        parts_img.append(images[ok] if not ok.all() else images)
+        parts_lab.append(labels[ok])
+        parts_origin.append(np.full(int(ok.sum()), i, dtype=np.int16))
     train = ImageSet(*(p[0] if len(p) == 1 else np.concatenate(p) for p in (parts_img, parts_lab)))
+    origin = parts_origin[0] if len(parts_origin) == 1 else np.concatenate(parts_origin)
+    origin_names = train_names + unl_names
+    del parts_img
     if not names:
         raise UserError(
             f"data set '{dataset}' has no labeled training images; check --label-column"
         )
+    present = [names[k] for k, c in enumerate(class_counts(train.labels, len(names))) if c]
+    if len(present) < 2:
+        only = f" ('{present[0]}')" if present else ""
+        raise UserError(
+            f"data set '{dataset}' has only one class with images{only}; class-imbalanced SSL needs "
+            "at least two: put each class in its own sub-folder (<folder>/<class>/<image>.png), or "
+            "set --label-column"
+        )
 
+    held_out = 0
     if test_name is not None:
         test_ds = splits[test_name]
-        _find_columns(test_ds, image_column, label_column)
+        if label_column not in test_ds.features:
+            raise UserError(
+                f"test split '{test_name}' has no label column '{label_column}'; columns: "
+                f"{', '.join(test_ds.features)}"
+            )
         test_labels, _ = _encode_labels(_raw_labels(test_ds, label_column), names)
-        test = ImageSet(
-            cached_images(test_ds, test_name, image_column, image_size, dataset, decode),
-            test_labels,
-        )
+        test_images, ok = images_of(test_name)
+        test = ImageSet(test_images[ok] if not ok.all() else test_images, test_labels[ok])
         if (test.labels < 0).any():
             test = test.subset(np.flatnonzero(test.labels >= 0))
         holdout = "split"
@@ -550,8 +765,9 @@ def load_source(
         if per_class >= min(counts):
             k = int(np.argmin(counts))
             raise UserError(
-                f"class {k} ('{names[k]}') has {counts[k]} images, too few to hold out {per_class} per class "
-                "for testing; use a smaller --test-per-class"
+                f"class {k} ('{names[k]}') has {counts[k]} images, too few to hold out "
+                f"--test-per-class {per_class} for testing and keep some for training (the data set "
+                "has no test split); use a smaller --test-per-class"
             )
         hseed = (
             preset.holdout_seed
@@ -563,7 +779,19 @@ def load_source(
         keep[test_idx] = False
         test = train.subset(test_idx)
         train = train.subset(np.flatnonzero(keep))
+        origin = origin[keep]
         holdout = f"holdout{per_class}@{hseed}"
+        held_out = int(per_class)
+
+    if skipped:
+        total = sum(skipped.values())
+        per = ", ".join(f"{n} in {s}" for s, n in skipped.items())
+        print(
+            f"skipped {total} unreadable image{'s' if total != 1 else ''} in '{dataset}' ({per}; "
+            f"first: {first_skipped[0]})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     if preset is not None and preset.mean is not None:
         mean, std = preset.mean, preset.std
@@ -571,5 +799,11 @@ def load_source(
         mean = std = (float("nan"),) * 3
     else:
         mean, std = channel_stats(train.images)
-    fp = _fingerprint(train, test, f"{revision or ''}|{holdout}")
-    return SourceData(train, test, list(names), tuple(mean), tuple(std), dataset, fp)
+    extra = f"{revision or ''}|{holdout}"
+    if len(train_names) > 1:  # a pooled training set is different data from its first split alone
+        extra += "|pool=" + "+".join(train_names)
+    fp = _fingerprint(train, test, extra)
+    return SourceData(
+        train, test, list(names), tuple(mean), tuple(std), dataset, fp,
+        origin=origin, origin_names=origin_names, held_out_per_class=held_out, skipped=skipped,
+    )  # fmt: skip

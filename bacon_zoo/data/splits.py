@@ -20,7 +20,8 @@ import numpy as np
 
 from bacon_zoo.errors import UserError
 
-SPLIT_FORMAT = 1
+# 2: adds labeled_origins / unlabeled_origins (format-1 files still load, with those empty)
+SPLIT_FORMAT = 2
 
 
 def lt_class_counts(
@@ -33,8 +34,9 @@ def lt_class_counts(
     """
     if n_max < 0 or num_classes < 1 or imb_ratio < 1:
         raise UserError(
-            f"long-tailed profile needs n_max >= 0, num_classes >= 1 and ratio >= 1 "
-            f"(got {n_max}, {num_classes}, {imb_ratio}); use reverse for an inverted profile"
+            f"a long-tailed profile needs a largest count >= 0 (--n1/--m1), at least one class and an "
+            f"imbalance ratio >= 1 (--imb-ratio-l/-u); got {n_max}, {num_classes} classes, ratio {imb_ratio:g}; "
+            "use --reverse-u for an inverted unlabeled profile"
         )
     if num_classes == 1:
         return [int(n_max)]
@@ -56,6 +58,36 @@ def _class_label(k: int, class_names: Sequence[str] | None) -> str:
     return f"class {k}"
 
 
+def _split_flags(
+    n1: int, m1: int | None, imb_ratio_l: float, imb_ratio_u: float, reverse_u: bool
+) -> str:
+    """The split's parameters as the command-line flags that set them (for error messages)."""
+    m = "none" if m1 is None else str(m1)
+    rev = " --reverse-u" if reverse_u else ""
+    return f"--n1 {n1} --m1 {m} --imb-ratio-l {imb_ratio_l:g} --imb-ratio-u {imb_ratio_u:g}{rev}"
+
+
+def _check_split_args(
+    n1: int, m1: int | None, imb_ratio_l: float, imb_ratio_u: float, num_classes: int
+) -> None:
+    """Impossible split parameters, named by their flags (the config checks ranges, this the profile)."""
+    if n1 < 1:
+        raise UserError(f"--n1 must be positive, got {n1}")
+    if m1 is not None and m1 < 0:
+        raise UserError(f"--m1 must be >= 0, or none for every image not labeled; got {m1}")
+    for flag, ratio in (("--imb-ratio-l", imb_ratio_l), ("--imb-ratio-u", imb_ratio_u)):
+        if ratio < 1:
+            raise UserError(
+                f"{flag} must be >= 1, got {ratio:g}; use --reverse-u for a reversed unlabeled profile"
+            )
+    tail = lt_class_counts(n1, num_classes, imb_ratio_l)[-1]
+    if tail == 0:
+        raise UserError(
+            f"--n1 {n1} with --imb-ratio-l {imb_ratio_l:g} leaves the last class with 0 labeled images "
+            f"(n1 / ratio < 1); use --n1 >= {math.ceil(imb_ratio_l)} or a smaller --imb-ratio-l"
+        )
+
+
 def make_lt_split(
     labels: Sequence[int] | np.ndarray,
     num_classes: int,
@@ -67,15 +99,20 @@ def make_lt_split(
     reverse_u: bool = False,
     include_labeled_in_unlabeled: bool = False,
     class_names: Sequence[str] | None = None,
+    held_out_per_class: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labeled and unlabeled index arrays (int64, sorted) into `labels` for a long-tailed split.
 
     Per class, one seeded permutation: the first N_k are labeled and the next M_k unlabeled (disjoint).
     With `include_labeled_in_unlabeled` the unlabeled set is the first N_k + M_k, i.e. the labeled images
-    plus M_k others (the DARP/CoSSL/ACR codes' convention).
-    `m1=None` makes every image that is not labeled unlabeled, label -1 (unknown) included.
+    plus M_k others (the DARP/CoSSL/ACR convention).
+    `m1=None` makes every image that is not labeled unlabeled, label -1 (unknown) included; with
+    `include_labeled_in_unlabeled` it is every image of the pool (STL-10: the unlabeled split plus all
+    labeled-train images). `held_out_per_class` only words the error: a test split was already carved
+    out of `labels`, so the user knows why a class is smaller than the data set says.
     """
     y = _label_array(labels)
+    _check_split_args(n1, m1, imb_ratio_l, imb_ratio_u, num_classes)
     n_counts = lt_class_counts(n1, num_classes, imb_ratio_l)
     m_counts = (
         None if m1 is None else lt_class_counts(m1, num_classes, imb_ratio_u, reverse=reverse_u)
@@ -87,14 +124,21 @@ def make_lt_split(
         perm = members[rng.permutation(len(members))]
         n_k = n_counts[k]
         if m_counts is None:
-            need, what, flag = n_k, "labeled", "--n1"
+            need, what, flag = n_k, f"{n_k} labeled", "--n1"
         else:
-            need, what, flag = n_k + m_counts[k], "labeled + unlabeled", "--n1/--m1"
+            need, what = n_k + m_counts[k], f"{n_k} labeled + {m_counts[k]} unlabeled"
+            flag = "--n1/--m1"
         if need > len(members):
+            held = (
+                f", after holding out --test-per-class {held_out_per_class} images per class for "
+                "testing (the data set has no test split)"
+                if held_out_per_class
+                else ""
+            )
             raise UserError(
-                f"{_class_label(k, class_names)} has {len(members)} images but the split asks for "
-                f"{need} ({what}: n1={n1}, m1={m1}, imb_ratio_l={imb_ratio_l}, imb_ratio_u={imb_ratio_u}); "
-                f"use a smaller {flag}"
+                f"{_class_label(k, class_names)} has {len(members)} images{held} but the split asks "
+                f"for {need} ({what} from {_split_flags(n1, m1, imb_ratio_l, imb_ratio_u, reverse_u)}); "
+                f"use a smaller {flag}{' or --test-per-class' if held_out_per_class else ''}"
             )
         labeled.append(perm[:n_k])
         if m_counts is not None:
@@ -172,6 +216,10 @@ class Split:
     class_names: list[str] = field(default_factory=list)
     # unlabeled images whose true label is -1 (e.g. STL-10's unlabeled split)
     unlabeled_unknown: int = 0
+    # how many labeled / unlabeled images came from each source split pooled into the training set,
+    # e.g. SVHN {"train": ..., "extra": ...}, STL-10 unlabeled {"train": 5000, "unlabeled": 100000}
+    labeled_origins: dict[str, int] = field(default_factory=dict)
+    unlabeled_origins: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -187,7 +235,12 @@ class Split:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Split:
         d = dict(d)
-        d.pop("format", None)
+        fmt = d.pop("format", 1)
+        if not isinstance(fmt, int) or fmt > SPLIT_FORMAT:
+            raise UserError(
+                f"split file has format {fmt}, newer than this bacon-zoo reads ({SPLIT_FORMAT}); "
+                "upgrade bacon-zoo or regenerate it with `bacon-zoo data --save-split`"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -230,13 +283,19 @@ def build_split(
     reverse_u: bool = False,
     include_labeled_in_unlabeled: bool = False,
     class_names: Sequence[str] | None = None,
+    origin: np.ndarray | None = None,
+    origin_names: Sequence[str] | None = None,
+    held_out_per_class: int = 0,
 ) -> Split:
-    """`make_lt_split` plus the bookkeeping (counts, parameters) that a `Split` file records."""
+    """`make_lt_split` plus the bookkeeping (counts, parameters, source splits) a `Split` file records.
+
+    `origin[i]` indexes `origin_names`: the source split image i of the pool came from.
+    """
     y = _label_array(labels)
     lab, unl = make_lt_split(
         y, num_classes, n1, m1, imb_ratio_l, imb_ratio_u, seed,
         reverse_u=reverse_u, include_labeled_in_unlabeled=include_labeled_in_unlabeled,
-        class_names=class_names,
+        class_names=class_names, held_out_per_class=held_out_per_class,
     )  # fmt: skip
     return Split(
         labeled_idx=lab,
@@ -254,7 +313,19 @@ def build_split(
         include_labeled_in_unlabeled=bool(include_labeled_in_unlabeled),
         class_names=list(class_names or []),
         unlabeled_unknown=int((y[unl] < 0).sum()),
+        labeled_origins=origin_counts(origin, origin_names, lab),
+        unlabeled_origins=origin_counts(origin, origin_names, unl),
     )
+
+
+def origin_counts(
+    origin: np.ndarray | None, origin_names: Sequence[str] | None, idx: np.ndarray
+) -> dict[str, int]:
+    """Images of `idx` per source split, in `origin_names` order, empty splits left out."""
+    if origin is None or not origin_names:
+        return {}
+    counts = np.bincount(np.asarray(origin)[idx], minlength=len(origin_names))
+    return {name: int(c) for name, c in zip(origin_names, counts) if c}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
