@@ -134,6 +134,7 @@ def prepare_data(
         test_per_class=cfg.test_per_class,
         seed=cfg.seed,
         decode=decode,
+        skip_unreadable=cfg.skip_unreadable_images,
     )
     path = Path(split_path) if split_path is not None else None
     if path is not None and path.is_file():
@@ -153,6 +154,9 @@ def prepare_data(
             reverse_u=cfg.reverse_u,
             include_labeled_in_unlabeled=cfg.include_labeled_in_unlabeled,
             class_names=source.class_names,
+            origin=source.origin,
+            origin_names=source.origin_names,
+            held_out_per_class=source.held_out_per_class,
         )
         if path is not None:
             split.to_json(path)
