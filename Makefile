@@ -21,7 +21,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 demo: $(STAMP)
-	$(PY) train.py --recipe recipes/demo_digits.yaml --output-dir runs/demo
+	$(PY) train.py --recipe recipes/demo_digits.yaml --output-dir runs/demo --resume
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
