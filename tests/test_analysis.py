@@ -15,15 +15,11 @@ import torch
 from accelerate.state import AcceleratorState
 
 from bacon_zoo.algorithms import MemoryBank
-from bacon_zoo.analysis import (
-    TrainingDiagnostics,
-    center_drift,
-    intra_class_spread,
-    pseudo_label_quality,
-)
+from bacon_zoo.algorithms.bank import intra_class_spread
 from bacon_zoo.errors import UserError
-from bacon_zoo.models import BaconOutput
 from bacon_zoo.metrics import classification_metrics, head_medium_tail
+from bacon_zoo.models import BaconOutput
+from bacon_zoo.train.diagnostics import TrainingDiagnostics, center_drift, pseudo_label_quality
 
 S2 = 1.0 / math.sqrt(2.0)
 
@@ -201,52 +197,6 @@ TINY = [
 ]  # fmt: skip
 
 
-def _wire_diagnostics(mp: pytest.MonkeyPatch) -> None:
-    """What the trainer's construction + two calls do, patched in from outside (if not wired yet)."""
-    import inspect
-
-    from bacon_zoo.train import trainer
-
-    if "TrainingDiagnostics" in inspect.getsource(trainer):
-        return
-    box: dict = {}
-    prepare, create, evaluate = trainer.prepare_data, trainer.create_algorithm, trainer.evaluate
-
-    def prepare_data(cfg, *a, **kw):
-        box["data"] = prepare(cfg, *a, **kw)
-        return box["data"]
-
-    def create_algorithm(name, **kw):
-        algo, cfg, data = create(name, **kw), kw["cfg"], box["data"]
-        thr = cfg.abc.threshold if algo.eval_head == "abc" else cfg.fixmatch.threshold
-        diag = TrainingDiagnostics(
-            data.num_classes,
-            algo.eval_head,
-            thr,
-            data.labeled_counts,
-            data.split.unlabeled_counts,
-            len(data.labeled.labels),
-            len(data.unlabeled.labels),
-        )
-        loss = algo.loss
-
-        def loss_with_update(out, batch, step, total):
-            diag.update(out, batch)
-            return loss(out, batch, step, total)
-
-        algo.loss = loss_with_update
-        box["diag"], box["algo"] = diag, algo
-        return algo
-
-    def evaluate_with_diagnostics(*a, **kw):
-        metrics, preds = evaluate(*a, **kw)
-        return metrics | {"diagnostics": box["diag"].compute(box["algo"])}, preds
-
-    mp.setattr(trainer, "prepare_data", prepare_data)
-    mp.setattr(trainer, "create_algorithm", create_algorithm)
-    mp.setattr(trainer, "evaluate", evaluate_with_diagnostics)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     from bacon_zoo.config import build_config
@@ -256,7 +206,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        _wire_diagnostics(mp)
         for algorithm in ("bacon", "abc"):
             out[algorithm] = root / algorithm
             try:
@@ -404,12 +353,58 @@ def test_diagnostics_records_in_metrics_jsonl(runs):
 
 
 def test_analyze_user_errors(runs, tmp_path):
-    from bacon_zoo.analysis.analyze import analyze, find_checkpoint
+    from bacon_zoo.analysis.analyze import analyze, resolve_checkpoint
+    from bacon_zoo.run import RunDir
 
     with pytest.raises(UserError, match="not a run directory"):
         analyze(tmp_path)
     with pytest.raises(UserError, match="available steps: 2, 4"):
-        find_checkpoint(runs["bacon"], "3")
-    assert find_checkpoint(runs["bacon"], "2").name == "step_0000002"
+        resolve_checkpoint(RunDir(runs["bacon"]), "3")
+    assert resolve_checkpoint(RunDir(runs["bacon"]), "2").name == "step_0000002"
+    assert resolve_checkpoint(RunDir(runs["bacon"]), None).name == "step_0000004"
     with pytest.raises(UserError, match="--max-points"):
         _analyze_cli([str(runs["bacon"]), "--max-points", "-1"])
+
+
+def test_analyze_checks_compare_and_out_before_any_work(runs, tmp_path, monkeypatch):
+    from bacon_zoo.analysis import analyze as module
+
+    def no_work(*a, **kw):
+        raise AssertionError("analyze_run started before the arguments were checked")
+
+    monkeypatch.setattr(module, "analyze_run", no_work)
+    with pytest.raises(UserError, match="does not exist"):
+        module.analyze(runs["bacon"], compare=tmp_path / "missing")
+    with pytest.raises(UserError, match="not a run directory"):
+        module.analyze(runs["bacon"], compare=tmp_path)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not written by `bacon-zoo analyze`"):
+        module.analyze(runs["bacon"], out=foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    # an empty folder, a folder analyze wrote (manifest) and a missing one are accepted
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / module.MANIFEST).write_text("{}")
+    for out in (empty, ours, tmp_path / "new"):
+        with pytest.raises(AssertionError, match="analyze_run started"):
+            module.analyze(runs["bacon"], out=out)
+
+
+def test_analyze_out_manifest_lists_what_it_wrote(runs, tmp_path):
+    """The e2e test's folder: analysis.json names every file analyze wrote, and nothing else is there."""
+    from bacon_zoo.analysis.analyze import MANIFEST
+
+    out = tmp_path / "a"
+    assert _analyze_cli([str(runs["abc"]), "--out", str(out), "--max-points", "30"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["written_by"] == "bacon-zoo analyze"
+    assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir())
+    assert (
+        "analysis.md" in manifest["files"] and "bank.png" not in manifest["files"]
+    )  # ABC: no bank
+    # a second analysis into the same folder is allowed (the folder is analyze's own)
+    assert _analyze_cli([str(runs["abc"]), "--out", str(out), "--max-points", "30"]) == 0

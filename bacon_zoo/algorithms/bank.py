@@ -10,7 +10,10 @@ indexing, so the host never waits on the device.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Gather, _identity
@@ -32,6 +35,25 @@ def _last_writer(slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     is_last[:-1] = s[1:] != s[:-1]
     end = torch.where(is_last, pos, m).flip(0).cummin(0).values.flip(0)
     return order, order[end], is_last
+
+
+def intra_class_spread(feats: Tensor, labels: Tensor, written: Tensor, num_classes: int) -> Tensor:
+    """Mean cosine distance of the features of class k to their class center, per class [K].
+
+    Uses the slots that hold a feature (`written`) and a label (>= 0); the center is their plain mean,
+    as the bank keeps it. NaN for a class without such slots. Small = a tight class.
+    """
+    member = written.bool() & (labels >= 0)
+    idx = labels.clamp_min(0).long()
+    f = feats.float()
+    w = member.float()
+    sums = torch.zeros(num_classes, f.shape[1], device=f.device).index_add_(0, idx, f * w[:, None])
+    counts = torch.zeros(num_classes, device=f.device).index_add_(0, idx, w)
+    centers = F.normalize(sums / counts.clamp_min(1.0)[:, None], dim=1)
+    dist = (1.0 - (F.normalize(f, dim=1) * centers[idx]).sum(1)).clamp_min(0.0)
+    total = torch.zeros(num_classes, device=f.device).index_add_(0, idx, dist * w)
+    spread = total / counts.clamp_min(1.0)
+    return torch.where(counts > 0, spread, torch.full_like(spread, math.nan))
 
 
 class MemoryBank(nn.Module):
@@ -131,6 +153,28 @@ class MemoryBank(nn.Module):
     def class_counts(self) -> Tensor:
         """n_k = number of label-bank entries equal to k (for BTA)."""
         return self.label_counts
+
+    # ---- statistics for monitoring (read-only; `bacon_zoo.train.diagnostics`)
+    def label_counts_by_part(self) -> tuple[Tensor, Tensor]:
+        """(n_k over the labeled slots, n_k over the unlabeled slots), [K] each: who fills the label
+        bank that BTA reads -- the true labels or the pseudo-labels."""
+        k, n_l = self.num_classes, self.num_labeled
+        part = torch.zeros_like(self.labels)
+        part[n_l:] = 1
+        bins = torch.where(self.labels >= 0, part * k + self.labels, torch.full_like(part, 2 * k))
+        counts = torch.zeros(2 * k + 1, dtype=torch.long, device=self.labels.device)
+        counts.index_add_(0, bins, torch.ones_like(bins))
+        return counts[:k], counts[k : 2 * k]
+
+    def unlabeled_labels(self) -> Tensor:
+        """The label-bank entries of the unlabeled slots [N_U], in unlabeled-index order (-1: unset)."""
+        return self.labels[self.num_labeled :]
+
+    @torch.no_grad()
+    def intra_class_spread(self) -> Tensor:
+        """Per class [K]: mean cosine distance of the written features to their class center (NaN:
+        no written member). Small = a tight class."""
+        return intra_class_spread(self.feats, self.labels, self.written, self.num_classes)
 
     @torch.no_grad()
     def full_stats(self) -> tuple[Tensor, Tensor, Tensor]:

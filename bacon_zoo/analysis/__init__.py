@@ -1,21 +1,6 @@
-"""Feature-space analysis: training-time diagnostics (cheap, every evaluation) and `bacon-zoo analyze`.
+"""`bacon-zoo analyze` (`analyze`) and every figure of the package (`plots`).
 
-`diagnostics` is light (torch only) and imported by the trainer; `analyze` and `plots` need
-scikit-learn and matplotlib (the `plots` extra) and are only imported by the command.
+Import the submodules explicitly; both need the `plots` extra (matplotlib, scikit-learn), so this
+package's own import stays free. The training-time diagnostics live with the trainer
+(`bacon_zoo.train.diagnostics`).
 """
-
-from __future__ import annotations
-
-from bacon_zoo.analysis.diagnostics import (
-    TrainingDiagnostics,
-    center_drift,
-    intra_class_spread,
-    pseudo_label_quality,
-)
-
-__all__ = [
-    "TrainingDiagnostics",
-    "center_drift",
-    "intra_class_spread",
-    "pseudo_label_quality",
-]

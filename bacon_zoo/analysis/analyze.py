@@ -10,9 +10,9 @@ with cosine distance on the same subsample.
 
 from __future__ import annotations
 
-import json
+import inspect
+import io
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from bacon_zoo.analysis import plots
 from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import read_jsonl as read_metrics
-from bacon_zoo.metrics import classification_metrics, head_medium_tail
+from bacon_zoo.fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from bacon_zoo.metrics import classification_metrics
+from bacon_zoo.run import CHECKPOINTS, SPLIT, RunDir
+from bacon_zoo.train.evaluate import evaluate
 
 GROUPS = ("head", "medium", "tail")
 METRIC_ROWS = (  # (key in classification_metrics, label in the pages)
@@ -41,13 +44,7 @@ SUBSAMPLE_SEED = 0  # the t-SNE / silhouette subsample and t-SNE's random_state
 # pure helpers on arrays
 
 
-def group_of(labeled_counts: list[int]) -> list[str]:
-    """'head' / 'medium' / 'tail' for every class (the split used by the training metrics)."""
-    out = [""] * len(labeled_counts)
-    for name, idx in zip(GROUPS, head_medium_tail(labeled_counts)):
-        for k in idx:
-            out[k] = name
-    return out
+group_of = plots.class_groups  # 'head' / 'medium' / 'tail' per class, as the training metrics
 
 
 def subsample_indices(n: int, max_points: int, seed: int = SUBSAMPLE_SEED) -> np.ndarray:
@@ -119,111 +116,92 @@ def row_normalised_confusion(preds: np.ndarray, labels: np.ndarray, k: int) -> n
 
 
 # ---------------------------------------------------------------------------------------------
-# loading a run
+# loading a run (everything about the run directory comes from RunDir)
 
 
-def find_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
-    """None -> the latest complete checkpoint; a step number or a step_N directory otherwise."""
-    from bacon_zoo.train.checkpoint import list_checkpoints
-
-    ckpts = list_checkpoints(run_dir / "checkpoints")
+def resolve_checkpoint(rd: RunDir, checkpoint: str | Path | None) -> Path:
+    """None -> the newest complete checkpoint; else a step number or a step_N directory."""
+    ckpts = rd.checkpoints()
+    if not ckpts:
+        raise UserError(
+            f"{rd.path} has no complete checkpoint ({CHECKPOINTS}/step_N); train or resume it first"
+        )
     if checkpoint is None:
-        if not ckpts:
-            raise UserError(
-                f"{run_dir} has no complete checkpoint (checkpoints/step_N); train or resume it first"
-            )
-        return ckpts[-1]
+        return rd.checkpoint()
     text = str(checkpoint)
     if text.isdigit():
-        match = [p for p in ckpts if int(p.name.removeprefix("step_")) == int(text)]
+        match = [p for p in ckpts if _step_of(p) == int(text)]
         if not match:
-            steps = ", ".join(str(int(p.name.removeprefix("step_"))) for p in ckpts) or "none"
-            raise UserError(f"{run_dir} has no checkpoint at step {text}; available steps: {steps}")
-        return match[0]
-    for path in (Path(text), run_dir / "checkpoints" / text):
+            steps = ", ".join(str(_step_of(p)) for p in ckpts)
+            raise UserError(f"{rd.path} has no checkpoint at step {text}; available steps: {steps}")
+        return rd.checkpoint(match[0])
+    for path in (Path(text), rd.checkpoints_dir / text):
         if path.is_dir():
-            return path
+            return rd.checkpoint(path)
     raise UserError(
         f"--checkpoint {text} is not a directory; give a step number or RUN_DIR/checkpoints/step_N"
     )
 
 
-def run_eval_head(run_dir: Path, algorithm: str) -> str:
-    """The head the run was evaluated with: summary.json's, else the algorithm's."""
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        try:
-            head = json.loads(summary_path.read_text()).get("eval_head")
-        except json.JSONDecodeError:
-            head = None
-        if head in ("main", "abc"):
-            return head
-    from bacon_zoo.algorithms import ALGORITHMS
-
-    cls = ALGORITHMS.get(algorithm)
-    return cls.eval_head if cls is not None else "abc"
-
-
-def load_ema_model(cfg: Any, ckpt: Path, num_classes: int) -> torch.nn.Module:
-    """The run's BaconNet with the checkpoint's EMA weights (what training evaluates)."""
-    from bacon_zoo.models import BaconNet
-    from bacon_zoo.train.checkpoint import load_ema_weights
-
-    model = BaconNet(
-        cfg.backbone,
-        num_classes=num_classes,
-        proj_dim=cfg.bacon.proj_dim,
-        pretrained=False,
-        backbone_kwargs=cfg.backbone_kwargs,
-    )
-    state = load_ema_weights(ckpt)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+def _require_analyzable(rd: RunDir) -> RunDir:
+    """A one-line error now (not after minutes of work) when `rd` cannot be analysed."""
+    rd.require()
+    if not rd.split_path.is_file():
+        raise UserError(f"{rd.path} has no {SPLIT}; analyze a run directory written by train")
+    if not rd.checkpoints():
         raise UserError(
-            f"the EMA weights in {ckpt} don't fit a {cfg.backbone} BaconNet ({first}); "
-            "was config.yaml edited after training? restore it"
-        ) from None
-    return model
+            f"{rd.path} has no complete checkpoint ({CHECKPOINTS}/step_N); train or resume it first"
+        )
+    rd.read_data()  # the data card must be readable
+    return rd
 
 
-def default_device() -> torch.device:
-    if torch.accelerator.is_available():
-        return torch.accelerator.current_accelerator()
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def extract(
+def evaluate_with_features(
     model: torch.nn.Module,
     loader: Any,
     head: str,
-    device: torch.device,
+    accelerator: Any,
+    num_classes: int,
+    labeled_counts: list[int],
     channels_last: bool = False,
 ) -> dict[str, np.ndarray]:
-    """labels, preds, probs (of `head`), feats f(x), proj g(f(x)), indices over the whole loader."""
-    model = model.to(device).eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("labels", "probs", "feats", "proj")}
-    cols["indices"] = []
-    for batch in loader:
-        x = batch["x"].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = model(x)
-        logits = out.logits_abc if head == "abc" else out.logits
-        cols["probs"].append(logits.float().softmax(-1).cpu())
-        cols["feats"].append(out.feat.float().cpu())
-        cols["proj"].append(out.proj.float().cpu())
-        cols["labels"].append(batch["y"].cpu())
-        cols["indices"].append(batch["idx"].cpu())
-    arrays = {k: torch.cat(v).numpy() for k, v in cols.items()}
-    arrays["labels"] = arrays["labels"].astype(np.int64)
-    arrays["indices"] = arrays["indices"].astype(np.int64)
-    arrays["preds"] = arrays["probs"].argmax(-1).astype(np.int64)
-    return arrays
+    """The training evaluation (`bacon_zoo.train.evaluate.evaluate`, the one eval loop) with the
+    backbone features and projections of every test image: labels, preds, probs, indices, feats, proj.
+    """
+    if "features" in inspect.signature(evaluate).parameters:
+        _, out = evaluate(
+            model, loader, head, accelerator, num_classes, labeled_counts, channels_last,
+            features=True,
+        )  # fmt: skip
+        out = dict(out)
+        out["feats"], out["proj"] = out.pop("features"), out.pop("projections")
+        return out
+    # Interim, until evaluate() returns features itself: record them on the way through its loop.
+    # Single process, so evaluate's rows are the loader's rows in order (no padding to drop).
+    recorder = _FeatureRecorder(model)
+    _, out = evaluate(
+        recorder, loader, head, accelerator, num_classes, labeled_counts, channels_last
+    )
+    return dict(out) | recorder.arrays()
+
+
+class _FeatureRecorder(torch.nn.Module):
+    """Wraps a BaconNet; keeps f(x) and g(f(x)) of every forward (the interim adapter above)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.feats: list[torch.Tensor] = []
+        self.proj: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.model(x)
+        self.feats.append(out.feat.float().cpu())
+        self.proj.append(out.proj.float().cpu())
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"feats": torch.cat(self.feats).numpy(), "proj": torch.cat(self.proj).numpy()}
 
 
 @dataclass
@@ -275,58 +253,74 @@ def analyze_run(
     checkpoint: str | Path | None = None,
     max_points: int = 2000,
     full_test: bool = False,
-    device: torch.device | None = None,
 ) -> RunAnalysis:
     """Rebuild the run's test set, run its EMA model over it, embed a subsample with t-SNE."""
-    from bacon_zoo.config import load_run_config
+    from accelerate import Accelerator
+
     from bacon_zoo.data import make_eval_loader, prepare_data
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    split_path = run_dir / "split.json"
-    if not split_path.is_file():
-        raise UserError(f"{run_dir} has no split.json; analyze a run directory written by train")
+    rd = _require_analyzable(RunDir(run_dir))
+    cfg = rd.read_config()
     if full_test:
         cfg.max_eval_samples = None
-    ckpt = find_checkpoint(run_dir, checkpoint)
-    data = prepare_data(cfg, split_path=split_path)
-    model = load_ema_model(cfg, ckpt, data.num_classes)
-    workers = min(cfg.num_workers, os.cpu_count() or 1)
-    loader = make_eval_loader(data.test, cfg.eval_batch_size, data.mean, data.std, workers)
-    head = run_eval_head(run_dir, cfg.algorithm)
-    arrays = extract(model, loader, head, device or default_device(), cfg.channels_last)
+    card = rd.read_data()
+    model, ckpt = rd.load_ema_model(resolve_checkpoint(rd, checkpoint))
+    head = rd.eval_head()
+    data = prepare_data(cfg, split_path=rd.split_path)
+    if int(card["num_classes"]) != data.num_classes:
+        raise UserError(
+            f"{rd.data_path} says {card['num_classes']} classes but the data set has "
+            f"{data.num_classes}; the data changed since training"
+        )
+    accelerator = Accelerator()  # fp32 on the best local device, one process
+    model = model.to(accelerator.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = make_eval_loader(
+        data.test, cfg.eval_batch_size, data.mean, data.std, device=accelerator.device
+    )
+    labeled_counts = [int(c) for c in card.get("labeled_counts", data.labeled_counts)]
+    unlabeled_counts = [int(c) for c in card.get("unlabeled_counts", data.unlabeled_counts)]
+    arrays = evaluate_with_features(
+        model, loader, head, accelerator, data.num_classes, labeled_counts, cfg.channels_last
+    )
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for key in ("labels", "preds", "indices"):
+        arrays[key] = arrays[key].astype(np.int64)
 
     sub = subsample_indices(len(arrays["labels"]), max_points)
     arrays["subsample"] = sub
     arrays["tsne_feats"] = tsne_2d(arrays["feats"][sub])
     arrays["tsne_proj"] = tsne_2d(arrays["proj"][sub])
     return RunAnalysis(
-        run_dir=run_dir,
-        name=run_dir.resolve().name,
+        run_dir=rd.path,
+        name=rd.path.resolve().name,
         algorithm=cfg.algorithm,
         backbone=cfg.backbone,
         dataset=cfg.dataset,
         checkpoint=ckpt,
         step=_step_of(ckpt),
         eval_head=head,
-        class_names=list(data.class_names),
-        labeled_counts=list(map(int, data.labeled_counts)),
-        unlabeled_counts=list(map(int, data.split.unlabeled_counts)),
+        class_names=[str(n) for n in card.get("class_names", data.class_names)],
+        labeled_counts=labeled_counts,
+        unlabeled_counts=unlabeled_counts,
         arrays=arrays,
-        history=read_metrics(run_dir / "metrics.jsonl"),
+        history=rd.read_metrics(),
     )
 
 
 def save_predictions(a: RunAnalysis, path: Path) -> None:
     """predictions.npz: labels, preds, probs, feats, proj, indices, subsample, tsne_*, step, counts."""
+    buf = io.BytesIO()
     np.savez(
-        path,
+        buf,
         **a.arrays,
         step=-1 if a.step is None else a.step,
         labeled_counts=np.asarray(a.labeled_counts),
         unlabeled_counts=np.asarray(a.unlabeled_counts),
         class_names=np.asarray(a.class_names),
     )
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,29 +520,168 @@ def compare_markdown(a: RunAnalysis, b: RunAnalysis, figures: list[str], npz_b: 
 
 
 # ---------------------------------------------------------------------------------------------
+# the figures (plain data in, `plots` draws)
+
+
+def run_figures(a: RunAnalysis, out: Path) -> list[str]:
+    """tsne.png, confusion.png, per_class.png, and curves.png / bank.png when metrics.jsonl allows."""
+    m, groups, arr = a.metrics, a.groups, a.arrays
+    where = f"{a.name}, step {a.step}, {a.eval_head} head"
+    sub_labels = arr["labels"][arr["subsample"]]
+    sep_f, sep_p = a.separation("feats"), a.separation("proj")
+    panels = [
+        (
+            f"backbone feature f(x), {arr['feats'].shape[1]} dims (silhouette {sep_f['all']:.2f})",
+            arr["tsne_feats"],
+            sub_labels,
+        ),
+        (
+            f"projection g(f(x)), {arr['proj'].shape[1]} dims (silhouette {sep_p['all']:.2f})",
+            arr["tsne_proj"],
+            sub_labels,
+        ),
+    ]
+    headline = ", ".join(f"{label} {m[key]:.1f}" for key, label in METRIC_ROWS if key != "gmean")
+    files = [
+        plots.plot_tsne_grid(
+            panels,
+            groups,
+            a.labeled_counts,
+            2,
+            f"t-SNE of {len(sub_labels)} test images: {where}",
+            out / "tsne.png",
+        ),
+        plots.plot_confusion(
+            row_normalised_confusion(arr["preds"], arr["labels"], a.num_classes),
+            groups,
+            a.class_names,
+            f"confusion matrix (row-normalised): {where}",
+            out / "confusion.png",
+        ),
+        plots.plot_per_class(
+            [(a.name, m["per_class"])],
+            a.labeled_counts,
+            a.unlabeled_counts,
+            a.class_names,
+            f"per-class accuracy vs training counts: {headline}",
+            out / "per_class.png",
+        ),
+    ]
+    if a.history:
+        files.append(
+            plots.plot_training_curves(
+                a.history, groups, f"training curves: {a.name}", out / "curves.png"
+            )
+        )
+    found = last_diagnostics(a.history)
+    if found is not None and "bank_labeled" in found[1]:
+        files.append(
+            plots.plot_bank_counts(
+                found[1],
+                found[0],
+                groups,
+                a.class_names,
+                f"label bank vs true counts: {a.name}",
+                out / "bank.png",
+            )
+        )
+    return [f.name for f in files]
+
+
+def compare_figures(a: RunAnalysis, b: RunAnalysis, out: Path, prefix: str) -> list[str]:
+    """<prefix>_per_class.png, _tsne.png, _deltas.png and _curves.png (when both have histories)."""
+    ma, mb = a.metrics, b.metrics
+    sub_labels = a.arrays["labels"][a.arrays["subsample"]]
+    panels = []
+    for space, label in (("feats", "f(x)"), ("proj", "g(f(x))")):
+        for run in (a, b):
+            s = run.separation(space)["all"]
+            panels.append(
+                (
+                    f"{run.name}: {label} (silhouette {s:.2f})",
+                    run.arrays[f"tsne_{space}"],
+                    sub_labels,
+                )
+            )
+    files = [
+        plots.plot_per_class(
+            [(a.name, ma["per_class"]), (b.name, mb["per_class"])],
+            a.labeled_counts,
+            a.unlabeled_counts,
+            a.class_names,
+            f"per-class accuracy: {a.name} (solid) vs {b.name} (hatched)",
+            out / f"{prefix}_per_class.png",
+        ),
+        plots.plot_tsne_grid(
+            panels,
+            a.groups,
+            a.labeled_counts,
+            2,
+            f"t-SNE of the same {len(sub_labels)} test images: {a.name} (left) vs {b.name} (right)",
+            out / f"{prefix}_tsne.png",
+        ),
+        plots.plot_metric_deltas(ma, mb, a.name, b.name, METRIC_ROWS, out / f"{prefix}_deltas.png"),
+    ]
+    if a.history and b.history:
+        files.append(
+            plots.plot_compare_curves(
+                [(a.name, a.history), (b.name, b.history)], out / f"{prefix}_curves.png"
+            )
+        )
+    return [f.name for f in files]
+
+
+# ---------------------------------------------------------------------------------------------
 # the command
+
+MANIFEST = (
+    "analysis.json"  # marks a folder as analyze's own: --out may write only into such folders
+)
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "other"
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an existing, non-empty folder that analyze did not write (it would overwrite files)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the analysis")
+    if (
+        any(out.iterdir())
+        and not (out / MANIFEST).is_file()
+        and not (out / "analysis.md").is_file()
+    ):
+        raise UserError(
+            f"--out {out} exists and was not written by `bacon-zoo analyze` (no {MANIFEST}); "
+            "give a new or empty folder"
+        )
+
+
+def _record(out: Path, run: Path, written: list[str]) -> None:
+    """Add `written` to the folder's manifest (what analyze wrote there, for the next --out check)."""
+    path = out / MANIFEST
+    old = read_json(path, "the analysis manifest", "delete it") if path.is_file() else {}
+    files = sorted(set(old.get("files", [])) | set(written) | {MANIFEST})
+    write_json(path, {"written_by": "bacon-zoo analyze", "run": str(run), "files": files})
+
+
 def write_run_report(a: RunAnalysis, out: Path) -> Path:
     """predictions.npz, the PNGs and analysis.md of one run in `out`."""
-    from bacon_zoo.analysis import plots
-
     out.mkdir(parents=True, exist_ok=True)
+    _record(out, a.run_dir, [])
     save_predictions(a, out / "predictions.npz")
-    figures = plots.run_figures(a, out)
+    figures = run_figures(a, out)
     path = out / "analysis.md"
-    path.write_text(analysis_markdown(a, figures))
+    atomic_write_text(path, analysis_markdown(a, figures))
+    _record(out, a.run_dir, ["predictions.npz", *figures, path.name])
     return path
 
 
 def write_compare_report(a: RunAnalysis, b: RunAnalysis, out: Path) -> Path:
     """compare_<b>.md, its PNGs and b's predictions (predictions_<b>.npz) in `out`."""
-    from bacon_zoo.analysis import plots
-
     if a.num_classes != b.num_classes or not np.array_equal(a.arrays["labels"], b.arrays["labels"]):
         raise UserError(
             f"{a.run_dir} and {b.run_dir} were evaluated on different test sets; "
@@ -558,9 +691,10 @@ def write_compare_report(a: RunAnalysis, b: RunAnalysis, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     npz_b = f"predictions_{tag}.npz"
     save_predictions(b, out / npz_b)
-    figures = plots.compare_figures(a, b, out, prefix=f"compare_{tag}")
+    figures = compare_figures(a, b, out, prefix=f"compare_{tag}")
     path = out / f"compare_{tag}.md"
-    path.write_text(compare_markdown(a, b, figures, npz_b))
+    atomic_write_text(path, compare_markdown(a, b, figures, npz_b))
+    _record(out, a.run_dir, [npz_b, *figures, path.name])
     return path
 
 
@@ -572,16 +706,27 @@ def analyze(
     max_points: int = 2000,
     full_test: bool = False,
 ) -> list[Path]:
-    """Everything `bacon-zoo analyze` writes; returns the pages (analysis.md, compare_*.md)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(
-            f"'{run_dir}' is not a run directory (no config.yaml); give a train output dir"
-        )
-    out_dir = Path(out) if out is not None else run_dir / "analysis"
-    a = analyze_run(run_dir, checkpoint, max_points, full_test)
-    pages = [write_run_report(a, out_dir)]
+    """Everything `bacon-zoo analyze` writes; returns the pages (analysis.md, compare_*.md).
+
+    Every argument is checked before the first forward pass: a bad --compare or --out fails at once.
+    """
+    rd = _require_analyzable(RunDir(run_dir))
+    resolve_checkpoint(rd, checkpoint)
+    other = None
     if compare is not None:
-        b = analyze_run(Path(compare), None, max_points, full_test)
+        other = _require_analyzable(RunDir(compare))
+        da, db = rd.read_data(), other.read_data()
+        if (da.get("dataset"), da.get("num_classes")) != (db.get("dataset"), db.get("num_classes")):
+            raise UserError(
+                f"--compare {compare}: trained on {db.get('dataset')} ({db.get('num_classes')} "
+                f"classes), {rd.path} on {da.get('dataset')} ({da.get('num_classes')}); "
+                "compare runs of the same data set"
+            )
+    out_dir = Path(out) if out is not None else rd.path / "analysis"
+    check_out_dir(out_dir)
+    a = analyze_run(rd.path, checkpoint, max_points, full_test)
+    pages = [write_run_report(a, out_dir)]
+    if other is not None:
+        b = analyze_run(other.path, None, max_points, full_test)
         pages.append(write_compare_report(a, b, out_dir))
     return pages

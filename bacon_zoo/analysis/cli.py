@@ -42,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_points < 0:
         raise UserError(f"--max-points must be >= 0 (0 = all), got {args.max_points}")
-    from bacon_zoo.analysis.analyze import analyze
+    try:
+        from bacon_zoo.analysis.analyze import analyze
+    except ImportError as e:  # matplotlib / scikit-learn are the `plots` extra
+        raise UserError(
+            f"bacon-zoo analyze needs the plots extra ({e}); pip install 'bacon-zoo[plots]'"
+        ) from None
 
     pages = analyze(
         args.run_dir,

@@ -1,31 +1,55 @@
-"""The analysis figures, drawn with matplotlib's object API (no pyplot: no global backend, no state).
+"""Every figure the package draws: analysis pages, model cards, study reports.
 
-One visual language everywhere: head / medium / tail classes are blue / green / red (each class a
-shade of its group's colour, darkest = most labeled) and circle / square / triangle markers.
+matplotlib's object API only (a `Figure` with its own `FigureCanvasAgg`): no pyplot, no global
+backend, no state shared between figures, so plotting is safe in any process and thread. Functions
+take plain data (lists, arrays, dicts) and return the written path; nothing here knows a run directory.
+matplotlib is the `plots` extra: callers that treat figures as optional catch the ImportError of
+importing this module.
+
+One visual language: head / medium / tail classes (thirds by labeled count) are blue / green / red,
+each class a shade of its group's colour (darkest = most labeled), circle / square / triangle markers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-if TYPE_CHECKING:
-    from bacon_zoo.analysis.analyze import RunAnalysis
+from bacon_zoo.metrics import head_medium_tail
 
 GROUPS = ("head", "medium", "tail")
 GROUP_COLORS = {"head": "#1f5fa8", "medium": "#2a9d3c", "tail": "#d62728"}
 GROUP_CMAPS = {"head": "Blues", "medium": "Greens", "tail": "Reds"}
 GROUP_MARKERS = {"head": "o", "medium": "s", "tail": "^"}
 DPI = 130
+NEUTRAL = "#4C72B0"  # bars of classes without a known labeled count
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A Figure bound to its own Agg canvas (what pyplot would do, minus the global state)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def class_groups(labeled_counts: Sequence[int]) -> list[str]:
+    """'head' / 'medium' / 'tail' for every class: the thirds by labeled count of the metrics."""
+    out = [""] * len(labeled_counts)
+    for name, idx in zip(GROUPS, head_medium_tail(labeled_counts)):
+        for k in idx:
+            out[k] = name
+    return out
 
 
 def class_colors(groups: Sequence[str], labeled_counts: Sequence[int]) -> list[tuple]:
@@ -49,9 +73,10 @@ def _group_legend(fig: Figure, **kw: Any) -> None:
     fig.legend(handles=handles, title="classes", frameon=False, **kw)
 
 
-def _save(fig: Figure, path: Path) -> str:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path.name
+def _save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
 
 
 def _class_label(c: int, names: Sequence[str]) -> str:
@@ -117,11 +142,11 @@ def plot_tsne_grid(
     ncols: int,
     suptitle: str,
     path: Path,
-) -> str:
+) -> Path:
     """A grid of (title, xy, labels) t-SNE panels sharing one colour code."""
     colors = class_colors(groups, labeled_counts)
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(5.2 * ncols, 4.9 * nrows))
+    fig = new_figure((5.2 * ncols, 4.9 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (title, xy, labels) in zip(axes, panels):
         draw_embedding(ax, xy, labels, groups, colors, title)
@@ -139,11 +164,11 @@ def plot_tsne_grid(
 
 def plot_confusion(
     cm: np.ndarray, groups: Sequence[str], names: Sequence[str], title: str, path: Path
-) -> str:
+) -> Path:
     """Row-normalised confusion matrix; tick labels coloured by group."""
     k = len(cm)
     side = min(13.0, 3.5 + 0.42 * k)
-    fig = Figure(figsize=(side + 1.2, side))
+    fig = new_figure((side + 1.2, side))
     ax = fig.subplots()
     im = ax.imshow(cm, vmin=0.0, vmax=1.0, cmap="viridis")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's images")
@@ -176,28 +201,37 @@ def plot_confusion(
 
 def plot_per_class(
     accs: Sequence[tuple[str, Sequence[float | None]]],
-    groups: Sequence[str],
-    labeled_counts: Sequence[int],
-    unlabeled_counts: Sequence[int],
+    labeled_counts: Sequence[int] | None,
+    unlabeled_counts: Sequence[int] | None,
     names: Sequence[str],
-    title: str,
-    path: Path,
-) -> str:
-    """Per-class accuracy bars (one bar per run, group colours) against labeled/unlabeled counts (log)."""
-    k = len(groups)
-    order = sorted(range(k), key=lambda c: (-labeled_counts[c], c))
+    title: str | None,
+    path: str | Path,
+) -> Path:
+    """Per-class accuracy bars (one bar per run) against the labeled / unlabeled counts (log axis).
+
+    With labeled counts the classes are sorted by them and coloured by group; without (None, or not
+    one per class) they keep their order in one neutral colour and no count line is drawn.
+    """
+    k = len(accs[0][1])
+    counted = labeled_counts is not None and len(labeled_counts) == k
+    groups = class_groups(labeled_counts) if counted else None
+    order = sorted(range(k), key=lambda c: (-labeled_counts[c], c)) if counted else list(range(k))
+
+    def color(c: int) -> str:
+        return GROUP_COLORS[groups[c]] if groups else NEUTRAL
+
     x = np.arange(k)
     width = 0.8 / len(accs)
-    fig = Figure(figsize=(min(16.0, 4.0 + 0.45 * k * len(accs) ** 0.5), 4.6))
+    fig = new_figure((min(16.0, 4.0 + 0.45 * k * len(accs) ** 0.5), 4.6))
     ax = fig.subplots()
     hatches = ("", "///", "..", "xx")
     for r, (_, acc) in enumerate(accs):
-        vals = [np.nan if acc[c] is None else acc[c] for c in order]
+        vals = [np.nan if acc[c] is None else float(acc[c]) for c in order]
         ax.bar(
             x - 0.4 + width * (r + 0.5),
             vals,
             width * 0.95,
-            color=[GROUP_COLORS[groups[c]] for c in order],
+            color=[color(c) for c in order],
             alpha=1.0 if r == 0 else 0.45,
             hatch=hatches[r % len(hatches)],
             edgecolor="white" if r == 0 else "black",
@@ -213,36 +247,60 @@ def plot_per_class(
         fontsize=8,
     )
     for t, i in zip(ax.get_xticklabels(), x[::step]):
-        t.set_color(GROUP_COLORS[groups[order[i]]])
-    ax.set_xlabel("class (sorted by labeled count, largest first)")
-    ax2 = ax.twinx()
-    lab = np.array([labeled_counts[c] for c in order], dtype=float)
-    unl = np.array([unlabeled_counts[c] for c in order], dtype=float)
-    ax2.plot(x, np.where(lab > 0, lab, np.nan), "k-o", ms=3, lw=1.2)
-    if unl.any():
-        ax2.plot(x, np.where(unl > 0, unl, np.nan), ls="--", color="0.45", marker=".", lw=1)
-    _log_count_axis(ax2)
-    ax2.set_ylabel("training images per class (log scale)")
-    handles = [Patch(color=GROUP_COLORS[g], label=g) for g in GROUPS]
+        t.set_color(color(order[i]))
+    handles: list[Any] = [Patch(color=GROUP_COLORS[g], label=g) for g in GROUPS] if groups else []
     if len(accs) > 1:
         handles += [
             Patch(facecolor="0.5", alpha=1.0 if r == 0 else 0.45, hatch=hatches[r], label=n)
             for r, (n, _) in enumerate(accs)
         ]
-    handles += [Line2D([], [], color="k", marker="o", ms=3, label="labeled count")]
-    if unl.any():
-        handles += [Line2D([], [], color="0.45", ls="--", marker=".", label="unlabeled count")]
-    ax.legend(
-        handles=handles,
-        fontsize=8,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.2),
-        ncol=min(len(handles), 5),
-        frameon=False,
-    )
-    ax.set_title(title, fontsize=11)
+    if counted:
+        ax.set_xlabel("class (sorted by labeled count, largest first)")
+        ax2 = ax.twinx()
+        lab = np.array([labeled_counts[c] for c in order], dtype=float)
+        has_unl = unlabeled_counts is not None and len(unlabeled_counts) == k
+        unl = np.array([unlabeled_counts[c] for c in order] if has_unl else [0] * k, dtype=float)
+        ax2.plot(x, np.where(lab > 0, lab, np.nan), "k-o", ms=3, lw=1.2)
+        if unl.any():
+            ax2.plot(x, np.where(unl > 0, unl, np.nan), ls="--", color="0.45", marker=".", lw=1)
+        _log_count_axis(ax2)
+        ax2.set_ylabel("training images per class (log scale)")
+        handles += [Line2D([], [], color="k", marker="o", ms=3, label="labeled count")]
+        if unl.any():
+            handles += [Line2D([], [], color="0.45", ls="--", marker=".", label="unlabeled count")]
+    else:
+        ax.set_xlabel("class")
+    if handles:
+        ax.legend(
+            handles=handles,
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=min(len(handles), 5),
+            frameon=False,
+        )
+    if title:
+        ax.set_title(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_per_class_accuracy(
+    per_class: Sequence[float | None],
+    labeled_counts: Sequence[int] | None,
+    unlabeled_counts: Sequence[int] | None,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """One run's per-class test accuracy (%, None = class absent from the test set) for model cards.
+
+    Bars in group colours, sorted by labeled count, with the labeled and unlabeled counts per class
+    on a log axis (counts that are None or not one per class are left out).
+    """
+    return plot_per_class(
+        [("", per_class)], labeled_counts, unlabeled_counts, class_names, title, path
+    )
 
 
 def _log_count_axis(ax: Any) -> None:
@@ -282,10 +340,12 @@ def _empty(ax: Any, text: str) -> None:
     ax.axis("off")  # not set_xticks([]): the x axis is shared with the other panels
 
 
-def plot_training_curves(history: list[dict], groups: Sequence[str], title: str, path: Path) -> str:
+def plot_training_curves(
+    history: list[dict], groups: Sequence[str], title: str, path: Path
+) -> Path:
     """Test accuracy over steps, and when recorded: tail pseudo-label quality, drift, spread."""
     has_diag = any(isinstance(r.get("diagnostics"), dict) for r in history)
-    fig = Figure(figsize=(12, 8) if has_diag else (6.5, 4.2))
+    fig = new_figure((12, 8) if has_diag else (6.5, 4.2))
     axes = fig.subplots(2, 2, sharex=True).ravel() if has_diag else [fig.subplots()]
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -359,13 +419,13 @@ def plot_training_curves(history: list[dict], groups: Sequence[str], title: str,
 
 def plot_bank_counts(
     diag: dict, step: int, groups: Sequence[str], names: Sequence[str], title: str, path: Path
-) -> str:
+) -> Path:
     """Label-bank n_k (labeled + unlabeled slots, stacked) against the true counts."""
     k = len(groups)
     x = np.arange(k)
     lab, unl = np.asarray(diag["bank_labeled"]), np.asarray(diag["bank_unlabeled"])
     true_l, true_u = np.asarray(diag["labeled_counts"]), np.asarray(diag["unlabeled_counts"])
-    fig = Figure(figsize=(min(16.0, 4.0 + 0.5 * k), 4.4))
+    fig = new_figure((min(16.0, 4.0 + 0.5 * k), 4.4))
     ax = fig.subplots()
     colors = [GROUP_COLORS[g] for g in groups]
     ax.bar(x, lab, 0.7, color=colors, edgecolor="white", linewidth=0.3)
@@ -400,12 +460,12 @@ def plot_bank_counts(
 
 def plot_metric_deltas(
     ma: dict, mb: dict, name_a: str, name_b: str, rows: Sequence[tuple[str, str]], path: Path
-) -> str:
+) -> Path:
     """Horizontal bars of a - b for each summary metric (percentage points)."""
     labels = [label for _, label in rows]
     deltas = [ma[key] - mb[key] for key, _ in rows]
     colors = [GROUP_COLORS.get(key, "0.35") for key, _ in rows]
-    fig = Figure(figsize=(6.5, 0.45 * len(rows) + 1.6))
+    fig = new_figure((6.5, 0.45 * len(rows) + 1.6))
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     ax.barh(y, deltas, color=colors, height=0.6)
@@ -430,168 +490,150 @@ def plot_metric_deltas(
     return _save(fig, path)
 
 
-def plot_compare_curves(a: RunAnalysis, b: RunAnalysis, path: Path) -> str:
-    """top-1 / balanced and tail accuracy of both runs over training steps."""
-    fig = Figure(figsize=(11, 4))
+def plot_compare_curves(
+    runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | Path
+) -> Path:
+    """top-1 / balanced and head / tail test accuracy over steps of (name, metrics history) runs;
+    the first run solid, the others dashed / dotted."""
+    fig = new_figure((11, 4))
     axes = fig.subplots(1, 2)
-    for run, ls in ((a, "-"), (b, "--")):
-        steps = [r["step"] for r in run.history]
+    styles = ("-", "--", ":", "-.")
+    for r, (name, history) in enumerate(runs):
+        ls = styles[r % len(styles)]
+        steps = [h["step"] for h in history]
         axes[0].plot(
-            steps,
-            [r.get("top1") for r in run.history],
-            "k",
-            ls=ls,
-            lw=2.4,
-            label=f"{run.name} top-1",
+            steps, [h.get("top1") for h in history], "k", ls=ls, lw=2.4, label=f"{name} top-1"
         )
         axes[0].plot(  # thinner and on top: on a balanced test set it equals top-1
             steps,
-            [r.get("balanced_acc") for r in run.history],
+            [h.get("balanced_acc") for h in history],
             color="#e69f00",
             lw=1.1,
             ls=ls,
-            label=f"{run.name} balanced",
+            label=f"{name} balanced",
         )
         axes[1].plot(
             steps,
-            [r.get("tail") for r in run.history],
+            [h.get("tail") for h in history],
             color=GROUP_COLORS["tail"],
             ls=ls,
-            label=f"{run.name} tail",
+            label=f"{name} tail",
         )
         axes[1].plot(
             steps,
-            [r.get("head") for r in run.history],
+            [h.get("head") for h in history],
             color=GROUP_COLORS["head"],
             ls=ls,
             lw=0.9,
-            label=f"{run.name} head",
+            label=f"{name} head",
         )
     for ax, t in zip(axes, ("overall test accuracy", "head vs tail test accuracy")):
         ax.set_title(t, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("%")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
-    fig.suptitle(f"training curves: {a.name} (solid) vs {b.name} (dashed)", fontsize=12)
+    names = [n for n, _ in runs]
+    tail = f" vs {', '.join(names[1:])} (dashed)" if len(names) > 1 else ""
+    fig.suptitle(f"training curves: {names[0]} (solid){tail}", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
-# the figure sets of the two pages
+# study reports
 
 
-def run_figures(a: RunAnalysis, out: Path) -> list[str]:
-    """tsne.png, confusion.png, per_class.png, and curves.png / bank.png when metrics.jsonl allows."""
-    from bacon_zoo.analysis.analyze import (
-        METRIC_ROWS,
-        last_diagnostics,
-        row_normalised_confusion,
+def plot_study_bars(
+    x_labels: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    errors: Mapping[str, Sequence[float]] | None = None,
+    ylabel: str = "",
+    title: str = "",
+    legend_title: str | None = None,
+) -> Path:
+    """Grouped bars: one group per x label (may contain newlines), one bar per series (e.g. algorithm).
+
+    `series[name][i]` is the bar of x_labels[i] (NaN: no bar); `errors[name][i]` its error half-length
+    (e.g. the std over seeds; 0 or NaN: none). One series named "" draws no legend.
+    """
+    names = list(series)
+    width = 0.8 / max(1, len(names))
+    chars = max((len(line) for x in x_labels for line in x.split("\n")), default=1)
+    per_group = max(0.45 * len(names) + 0.5, 0.085 * chars)
+    fig = new_figure((max(6.0, 1.5 + len(x_labels) * per_group), 4.2))
+    ax = fig.subplots()
+    for j, name in enumerate(names):
+        pos = [i - 0.4 + width * (j + 0.5) for i in range(len(x_labels))]
+        errs = None
+        if errors is not None and name in errors:
+            errs = [0.0 if e is None or math.isnan(e) else float(e) for e in errors[name]]
+            errs = errs if any(errs) else None
+        means = [math.nan if v is None else float(v) for v in series[name]]
+        ax.bar(pos, means, width, yerr=errs, capsize=3, color=f"C{j % 10}", label=name or None)
+    rotate = len(x_labels) > 3 and any(len(x) > 12 and "\n" not in x for x in x_labels)
+    ax.set_xticks(
+        range(len(x_labels)),
+        list(x_labels),
+        rotation=30 if rotate else 0,
+        ha="right" if rotate else "center",
     )
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if any(names):
+        ax.legend(title=legend_title, fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path, dpi=120)
 
-    m, groups, arr = a.metrics, a.groups, a.arrays
-    where = f"{a.name}, step {a.step}, {a.eval_head} head"
-    sub_labels = arr["labels"][arr["subsample"]]
-    sep_f, sep_p = a.separation("feats"), a.separation("proj")
-    files = [
-        plot_tsne_grid(
-            [
-                (
-                    f"backbone feature f(x), {arr['feats'].shape[1]} dims "
-                    f"(silhouette {sep_f['all']:.2f})",
-                    arr["tsne_feats"],
-                    sub_labels,
-                ),
-                (
-                    f"projection g(f(x)), {arr['proj'].shape[1]} dims "
-                    f"(silhouette {sep_p['all']:.2f})",
-                    arr["tsne_proj"],
-                    sub_labels,
-                ),
-            ],
-            groups,
-            a.labeled_counts,
-            2,
-            f"t-SNE of {len(sub_labels)} test images: {where}",
-            out / "tsne.png",
-        ),
-        plot_confusion(
-            row_normalised_confusion(arr["preds"], arr["labels"], a.num_classes),
-            groups,
-            a.class_names,
-            f"confusion matrix (row-normalised): {where}",
-            out / "confusion.png",
-        ),
-        plot_per_class(
-            [(a.name, m["per_class"])],
-            groups,
-            a.labeled_counts,
-            a.unlabeled_counts,
-            a.class_names,
-            "per-class accuracy vs training counts: "
-            + ", ".join(f"{label} {m[key]:.1f}" for key, label in METRIC_ROWS if key != "gmean"),
-            out / "per_class.png",
-        ),
-    ]
-    if a.history:
-        files.append(
-            plot_training_curves(
-                a.history, groups, f"training curves: {a.name}", out / "curves.png"
-            )
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of `plot_vs_imbalance`: y (+- err) at x; `color` an index into the colour cycle."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    err: Sequence[float] | None = None
+    color: int | None = None
+    dashed: bool = False
+
+
+def plot_vs_imbalance(
+    curves: Sequence[Curve],
+    path: str | Path,
+    xticks: Sequence[float] | None = None,
+    xlabel: str = "labeled imbalance ratio",
+    ylabel: str = "top-1 (best), %",
+    title: str = "Top-1 against imbalance, mean ± std over seeds",
+) -> Path:
+    """Lines with error bars against the imbalance ratio on a log x axis (ticks at `xticks`)."""
+    fig = new_figure((8.0, 4.2))
+    ax = fig.subplots()
+    for curve in curves:
+        pts = sorted(zip(curve.x, curve.y, curve.err or [0.0] * len(curve.x)))
+        ax.errorbar(
+            [float(x) for x, _, _ in pts],
+            [math.nan if y is None else float(y) for _, y, _ in pts],
+            yerr=[0.0 if e is None or math.isnan(e) else float(e) for _, _, e in pts],
+            color=None if curve.color is None else f"C{curve.color % 10}",
+            linestyle="--" if curve.dashed else "-",
+            marker="o",
+            capsize=3,
+            label=curve.label or None,
         )
-    found = last_diagnostics(a.history)
-    if found is not None and "bank_labeled" in found[1]:
-        files.append(
-            plot_bank_counts(
-                found[1],
-                found[0],
-                groups,
-                a.class_names,
-                f"label bank vs true counts: {a.name}",
-                out / "bank.png",
-            )
-        )
-    return files
-
-
-def compare_figures(a: RunAnalysis, b: RunAnalysis, out: Path, prefix: str) -> list[str]:
-    """<prefix>_per_class.png, _tsne.png, _deltas.png and _curves.png (when both have histories)."""
-    from bacon_zoo.analysis.analyze import METRIC_ROWS
-
-    ma, mb, groups = a.metrics, b.metrics, a.groups
-    sub_labels = a.arrays["labels"][a.arrays["subsample"]]
-    panels = []
-    for space, label in (("feats", "f(x)"), ("proj", "g(f(x))")):
-        for run in (a, b):
-            s = run.separation(space)["all"]
-            panels.append(
-                (
-                    f"{run.name}: {label} (silhouette {s:.2f})",
-                    run.arrays[f"tsne_{space}"],
-                    sub_labels,
-                )
-            )
-    files = [
-        plot_per_class(
-            [(a.name, ma["per_class"]), (b.name, mb["per_class"])],
-            groups,
-            a.labeled_counts,
-            a.unlabeled_counts,
-            a.class_names,
-            f"per-class accuracy: {a.name} (solid) vs {b.name} (hatched)",
-            out / f"{prefix}_per_class.png",
-        ),
-        plot_tsne_grid(
-            panels,
-            groups,
-            a.labeled_counts,
-            2,
-            f"t-SNE of the same {len(sub_labels)} test images: {a.name} (left) vs {b.name} (right)",
-            out / f"{prefix}_tsne.png",
-        ),
-        plot_metric_deltas(ma, mb, a.name, b.name, METRIC_ROWS, out / f"{prefix}_deltas.png"),
-    ]
-    if a.history and b.history:
-        files.append(plot_compare_curves(a, b, out / f"{prefix}_curves.png"))
-    return files
+    ax.set_xscale("log")
+    if xticks:
+        ticks = sorted({float(t) for t in xticks})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if any(c.label for c in curves):
+        ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path, dpi=120)

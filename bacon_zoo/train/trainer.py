@@ -27,7 +27,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from bacon_zoo.algorithms import create_algorithm
-from bacon_zoo.analysis.diagnostics import TrainingDiagnostics
+from bacon_zoo.train.diagnostics import TrainingDiagnostics
 from bacon_zoo.config import TrainConfig, fingerprint, load_run_config, save_config
 from bacon_zoo.data import make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.errors import UserError

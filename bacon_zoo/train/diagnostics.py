@@ -10,7 +10,8 @@ pseudo-labels do not starve. These numbers watch exactly that while training run
 - the label bank's class counts n_k (which drive BTA), split into labeled and unlabeled slots, next to
   the true counts, and the precision of the bank's unlabeled entries.
 
-The math is pure functions on tensors; `TrainingDiagnostics` is the small stateful wrapper the trainer
+The math is pure functions on tensors (the bank's own statistics come from `MemoryBank`); this is
+training code and lives with the trainer. `TrainingDiagnostics` is the small stateful wrapper the trainer
 drives with `update(out, batch)` every step and `compute(algo)` at every evaluation.
 """
 
@@ -23,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from bacon_zoo.algorithms.bank import MemoryBank
 
 # ---------------------------------------------------------------------------------------------
 # pure functions
@@ -40,25 +43,6 @@ def center_drift(prev_centers: Tensor, centers: Tensor, valid: Tensor) -> Tensor
     b = F.normalize(centers.float(), dim=-1)
     d = (1.0 - (a * b).sum(-1)).clamp_min(0.0)  # float rounding can give -1e-8
     return torch.where(valid.bool(), d, torch.full_like(d, math.nan))
-
-
-def intra_class_spread(feats: Tensor, labels: Tensor, written: Tensor, num_classes: int) -> Tensor:
-    """Mean cosine distance of the bank features of class k to their class center, per class [K].
-
-    Uses the slots that hold a feature (`written`) and a label (>= 0); the center is their plain mean,
-    as the bank keeps it. NaN for a class without such slots. Small = a tight class.
-    """
-    member = written.bool() & (labels >= 0)
-    idx = labels.clamp_min(0).long()
-    f = feats.float()
-    w = member.float()
-    sums = torch.zeros(num_classes, f.shape[1], device=f.device).index_add_(0, idx, f * w[:, None])
-    counts = torch.zeros(num_classes, device=f.device).index_add_(0, idx, w)
-    centers = F.normalize(sums / counts.clamp_min(1.0)[:, None], dim=1)
-    dist = (1.0 - (F.normalize(f, dim=1) * centers[idx]).sum(1)).clamp_min(0.0)
-    total = torch.zeros(num_classes, device=f.device).index_add_(0, idx, dist * w)
-    spread = total / counts.clamp_min(1.0)
-    return torch.where(counts > 0, spread, torch.full_like(spread, math.nan))
 
 
 def pseudo_label_quality(confusion: Tensor, support: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -216,8 +200,8 @@ class TrainingDiagnostics:
         self.steps = 0
         return out
 
-    def _bank_numbers(self, bank: Any) -> dict[str, Any]:
-        k, n_l = self.num_classes, bank.num_labeled
+    def _bank_numbers(self, bank: MemoryBank) -> dict[str, Any]:
+        k = self.num_classes
         centers, valid = bank.centers()
         centers = centers.detach().float()
         if self.prev_centers is not None and self.prev_centers.shape == centers.shape:
@@ -226,15 +210,12 @@ class TrainingDiagnostics:
         else:
             drift = torch.full((k,), math.nan)
         self.prev_centers, self.prev_valid = centers.clone(), valid.clone()
-        spread = intra_class_spread(bank.feats, bank.labels, bank.written, k)
-
-        labels = bank.labels
-        idx_l, idx_u = labels[:n_l], labels[n_l:]
-        bank_l = torch.bincount(idx_l[idx_l >= 0], minlength=k)[:k]
-        bank_u = torch.bincount(idx_u[idx_u >= 0], minlength=k)[:k]
+        spread = bank.intra_class_spread()
+        bank_l, bank_u = bank.label_counts_by_part()
         # precision of the unlabeled label-bank entries against the true labels seen so far
+        idx_u = bank.unlabeled_labels()
         m = min(idx_u.numel(), self.num_unlabeled)
-        truth = self.true_ulb[:m].to(labels.device)
+        truth = self.true_ulb[:m].to(idx_u.device)
         ok = (idx_u[:m] >= 0) & (truth >= 0)
         hits = torch.bincount(idx_u[:m][ok], weights=(idx_u[:m] == truth)[ok].double(), minlength=k)
         judged = torch.bincount(idx_u[:m][ok], minlength=k).double()
