@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from bacon_zoo.config import yaml_load
 from bacon_zoo.errors import UserError
 
 VARIANT = "variant"
@@ -104,9 +105,10 @@ def split_top_level(raw: str, sep: str = ",") -> list[str]:
 
 
 def parse_value(raw: str) -> Any:
-    """A value as `--set` reads it: a YAML scalar (or flow collection), else the raw string."""
+    """A value as `--set` reads it: a YAML 1.2 scalar (or flow collection; `no` stays "no"), else the
+    raw string."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
+        return yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         return raw
 

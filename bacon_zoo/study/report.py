@@ -1,7 +1,8 @@
 """Gather a study's cells into `results.csv`, `report.md` and PNG plots.
 
-Every number comes from a cell's `summary.json` (accuracies, params, images/s, processes, precision) or
-`config.yaml` (the budget); nothing is typed in. Cells that failed or have not finished keep their row in
+Every number comes from a cell's `summary.json` (accuracies, params, images/s, processes, precision,
+device, wall time, device-hours) or `config.yaml` (the budget); nothing is typed in, and the only numbers
+that are not measured are the cost model's estimates for unfinished cells, labelled as estimates. Cells that failed or have not finished keep their row in
 `results.csv` (with their status and error line) and are listed in the report, never silently dropped.
 Aggregates are mean +- sample std over the complete seeds of a grid point; top-1 is the best over
 training (the paper's convention) and balanced / head / medium / tail are those of that evaluation.
@@ -16,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import atomic_write_text
+from bacon_zoo.run import RunDir
 from bacon_zoo.study.grid import VARIANT, axis_keys, format_value
 from bacon_zoo.study.runner import cell_status, read_study, read_summary
 
@@ -23,8 +27,11 @@ METRICS = ("top1", "balanced_acc", "gmean", "head", "medium", "tail")
 COLUMNS = [
     "status", "best_top1", "best_step", "best_balanced_acc", "best_gmean", "best_head",
     "best_medium", "best_tail", "last_top1", "last_balanced_acc", "last_tail", "median5_top1",
-    "params", "images_per_s", "steps", "num_evals", "error",
+    "params", "images_per_s", "steps", "num_evals", "device", "mixed_precision", "num_processes",
+    "wall_time_s", "device_hours", "est_device_hours", "cost_source", "error",
 ]  # fmt: skip
+# Columns that measure time (differ between two runs of the same cells); everything else is reproducible.
+TIMING_COLUMNS = ("images_per_s", "wall_time_s", "device_hours", "est_device_hours")
 ALGORITHMS = ("fixmatch", "abc", "bacon")
 
 
@@ -32,11 +39,22 @@ ALGORITHMS = ("fixmatch", "abc", "bacon")
 # gathering
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_config(run_dir: Path) -> dict[str, Any]:
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        return RunDir(run_dir).read_config_dict()
+    except UserError:
         return {}
+
+
+def device_hours(summary: dict[str, Any]) -> float | None:
+    """Measured device-hours of a finished cell (summary.json's, else wall time x processes)."""
+    hours = summary.get("device_hours")
+    if isinstance(hours, (int, float)):
+        return float(hours)
+    wall = summary.get("wall_time_s")
+    if isinstance(wall, (int, float)):
+        return float(wall) * float(summary.get("num_processes") or 1) / 3600.0
+    return None
 
 
 def gather(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -63,15 +81,52 @@ def gather(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 "images_per_s": summary.get("images_per_s"),
                 "steps": summary.get("steps"),
                 "num_evals": summary.get("num_evals"),
+                "device": summary.get("device"),
+                "mixed_precision": summary.get("mixed_precision"),
+                "num_processes": summary.get("num_processes"),
+                "wall_time_s": summary.get("wall_time_s"),
+                "device_hours": device_hours(summary),
             }
         if status == "failed":
             text = (run_dir / "error.log").read_text(errors="replace")
             row["error"] = (text.splitlines() or [""])[0]
-        row["_config"] = _read_yaml(run_dir / "config.yaml")
+        row["_config"] = _read_config(run_dir)
         row["_summary"] = summary or {}
         row.setdefault("steps", row["_config"].get("steps"))
         rows.append(row)
+    add_estimates(study_dir, rows)
     return study, rows
+
+
+def add_estimates(study_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """`est_device_hours` and `cost_source` per row: the cost model at the images/s this study measured
+    for the backbone, else FLOP-scaled (see bacon_zoo.study.cost). For every cell, finished or not: what
+    it would cost to run (again)."""
+    from bacon_zoo.config import yaml_load
+    from bacon_zoo.study.cost import estimate_cell, measured_throughput
+    from bacon_zoo.study.grid import Cell
+    from bacon_zoo.study.runner import cell_config
+
+    measured = measured_throughput(
+        {"backbone": r["_config"].get("backbone")}
+        | r["_summary"]
+        | {"image_size": r["_config"].get("image_size", 32)}
+        for r in rows
+        if r["_summary"]
+    )
+    try:
+        shared = yaml_load((study_dir / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        shared = {}
+    for row, cell in zip(rows, read_study(study_dir)["cells"]):
+        try:
+            cfg = cell_config(shared, Cell(**cell), study_dir / "cells" / cell["name"])
+        except UserError:
+            row["cost_source"] = "unknown"
+            continue
+        est = estimate_cell(cell["name"], cfg, measured)
+        row["est_device_hours"] = est.device_hours
+        row["cost_source"] = est.source
 
 
 def write_csv(rows: list[dict[str, Any]], axes: list[str], path: Path) -> None:
@@ -257,6 +312,54 @@ def gains_table(points: list[dict], axes: dict[str, list]) -> list[str]:
     return _table(header, lines)
 
 
+def _hours(x: float | None) -> str:
+    return f"{x:,.2f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
+
+
+def cost_lines(rows: list[dict], axes: dict[str, list]) -> list[str]:
+    """Device-hours per grid point: measured for finished cells, the cost model's ESTIMATE for the rest."""
+    keys = [a for a in axes if a != "algorithm" or len(axes) == 1]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(format_value(r.get(a)) for a in keys), []).append(r)
+    header = [*keys, "finished", "images/s (measured)", "device-hours (measured)",
+              "device-hours (estimate, unfinished)", "device", "precision"]  # fmt: skip
+    lines = []
+    spent = left = again = 0.0
+    n_left = 0
+    for key, rs in groups.items():
+        done = [r for r in rs if r["status"] == "complete"]
+        measured = [r["device_hours"] for r in done if isinstance(r.get("device_hours"), float)]
+        todo = [r.get("est_device_hours") for r in rs if r["status"] != "complete"]
+        todo_h = sum(h for h in todo if isinstance(h, float) and math.isfinite(h))
+        ips = _stats([r.get("images_per_s") for r in done])
+        spent += sum(measured)
+        left += todo_h
+        n_left += len(todo)
+        again += sum(
+            r["est_device_hours"] for r in rs
+            if isinstance(r.get("est_device_hours"), float) and math.isfinite(r["est_device_hours"])
+        )  # fmt: skip
+        lines.append(
+            [*key, f"{len(done)}/{len(rs)}", f"{ips[0]:,.0f}" if ips[2] else "—",
+             _hours(sum(measured)) if measured else "—", f"~{_hours(todo_h)}" if todo else "—",
+             _distinct([str(r["device"]) for r in done if r.get("device")]) if done else "—",
+             _distinct([str(r["mixed_precision"]) for r in done if r.get("mixed_precision")])
+             if done else "—"]
+        )  # fmt: skip
+    n_done = sum(r["status"] == "complete" for r in rows)
+    text = [
+        f"**Spent:** {_hours(spent)} device-hours on {n_done} finished cells (measured: "
+        "summary.json's `device_hours`, wall time x processes). "
+        f"**Left:** ~{_hours(left)} device-hours for {n_left} unfinished cells (an ESTIMATE). "
+        f"**The same study again:** ~{_hours(again)} device-hours (an ESTIMATE: the cost model at "
+        "this study's measured images/s per backbone, FLOP-scaled for backbones it has not "
+        "measured; `bacon-zoo study estimate` prices another grid).",
+        "",
+    ]
+    return text + _table(header, lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # plots
 
@@ -280,7 +383,7 @@ def plot_bars(
     points: list[dict], axes: dict[str, list], metric: str, ylabel: str, title: str, path: Path
 ) -> None:
     """Grouped bars: one group per grid point of the non-hue axes, one bar per algorithm/variant."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     hue = _hue_axis(axes)
     xkeys = [a for a in axes if a != hue and len(axes[a]) > 1]  # a one-value axis labels nothing
@@ -295,7 +398,8 @@ def plot_bars(
     width = 0.8 / len(hues)
     chars = max(len(line) for x in xs for line in x.split("\n"))
     per_group = max(0.45 * len(hues) + 0.5, 0.085 * chars)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + len(xs) * per_group), 4.2))
+    fig = Figure(figsize=(max(6.0, 1.5 + len(xs) * per_group), 4.2))
+    ax = fig.add_subplot()
     for j, h in enumerate(hues):
         stats = [table.get((x, h), (math.nan, math.nan, 0)) for x in xs]
         pos = [i - 0.4 + width * (j + 0.5) for i in range(len(xs))]
@@ -313,7 +417,6 @@ def plot_bars(
         ax.legend(title=hue, fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> bool:
@@ -321,7 +424,8 @@ def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> boo
     ratio = next((a for a in axes if "imb_ratio_l" in axis_keys(a)), None)
     if ratio is None:
         return False
-    import matplotlib.pyplot as plt
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
 
     hue = _hue_axis(axes)
     rest = [a for a in axes if a not in (ratio, hue) and len(axes[a]) > 1]
@@ -335,8 +439,9 @@ def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> boo
         )
         lines.setdefault(key, []).append((float(v[ratio]), p["best_top1"]))
     hues = [format_value(h) for h in axes[hue]] if hue else [""]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(8.0, 4.2))
+    ax = fig.add_subplot()
     for (h, other, reverse), pts in lines.items():
         pts.sort()
         label = ", ".join(
@@ -366,7 +471,6 @@ def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> boo
         ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
 
 
@@ -375,9 +479,7 @@ def make_plots(points: list[dict], axes: dict[str, list], out: Path) -> list[str
     if not any(p["complete"] for p in points):
         return []
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
+        import matplotlib  # noqa: F401
     except ImportError:
         return []
     note = "mean ± std over seeds"
@@ -449,6 +551,7 @@ def write_report(study_dir: str | Path) -> Path:
             "",
             *gains,
         ]
+    md += ["", "## Cost", "", *cost_lines(rows, axes)]
     plots = make_plots(points, axes, study_dir)
     if plots:
         md += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots]
@@ -470,8 +573,18 @@ def write_report(study_dir: str | Path) -> Path:
         "`cells/<cell>/summary.json`); the budget line from the cells' `config.yaml` and `summary.json`.",
     ]
     path = study_dir / "report.md"
-    path.write_text("\n".join(md) + "\n")
+    atomic_write_text(path, "\n".join(md) + "\n")
     return path
 
 
-__all__ = ["gather", "write_csv", "budget_line", "grid_points", "make_plots", "write_report"]
+__all__ = [
+    "TIMING_COLUMNS",
+    "budget_line",
+    "cost_lines",
+    "device_hours",
+    "gather",
+    "grid_points",
+    "make_plots",
+    "write_csv",
+    "write_report",
+]

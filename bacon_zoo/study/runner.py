@@ -4,15 +4,20 @@ Subprocesses keep cells independent (a crash, an OOM or a leaked CUDA context st
 `--launcher "accelerate launch ..."` scale each cell exactly like a hand-launched run. Because every cell
 is launched with `--resume`, a study is restartable: finished cells (summary.json complete) are skipped
 without starting Python, interrupted ones continue from their last checkpoint, failed ones are retried.
+`--devices 0,1,2,3` runs that many cells at once, each with CUDA_VISIBLE_DEVICES set to its own device;
+`--executor slurm|local` hands the cells to submitit instead (`bacon_zoo.study.executors`).
 
 Layout of STUDY_DIR: `study.json` (grid, seeds, recipe, sets, cells), `recipe.yaml` (the settings every
 cell shares: the recipe chain without `study:`, plus --set), `cells/<name>/` (a run dir, plus
 `stdout.log`, `stderr.log` and, when the cell failed, `error.log`: the error line, then the stderr tail).
+
+Exit codes of a cell this module relies on: 0 with a complete summary.json = done; 130 (SIGINT) or 143
+(SIGTERM), or death by SIGINT/SIGTERM before the trainer's handler was installed = stopped with its
+progress checkpointed (resumable, never "failed"); anything else = failed (error.log).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -29,15 +34,18 @@ import yaml
 from bacon_zoo.config import (
     TrainConfig,
     apply_overrides,
+    config_diff,
     deep_merge,
     fingerprint,
     load_recipe,
-    load_run_config,
     parse_set,
     resolve_recipe_path,
     validate,
+    yaml_load,
 )
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import atomic_write_text, read_json, write_json
+from bacon_zoo.run import RunDir
 from bacon_zoo.study.grid import (
     FORBIDDEN,
     Cell,
@@ -45,12 +53,13 @@ from bacon_zoo.study.grid import (
     axis_keys,
     expand,
     merge_cli,
-    select_shard,
     spec_from_recipe,
 )
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 ERROR_TAIL_LINES = 40
+# A cell that exits with one of these was stopped and saved a checkpoint: resume it, don't call it failed.
+STOP_CODES = frozenset({130, 143, -signal.SIGINT, -signal.SIGTERM})
 
 
 @dataclass
@@ -85,7 +94,7 @@ def load_study_recipe(recipe: str | None, base: str | None = None) -> tuple[dict
     merged = load_recipe(recipe)  # validates the YAML and the base chain
     if base is not None:
         path = resolve_recipe_path(recipe).resolve()
-        own = yaml.safe_load(path.read_text()) or {}
+        own = yaml_load(path.read_text()) or {}
         own.pop("base", None)
         merged = deep_merge(load_recipe(str(resolve_recipe_path(base, path.parent))), own)
     return merged, merged.pop("study", None)
@@ -139,24 +148,17 @@ def _dotted(d: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # shards on a shared file system may write the same file at once
-
-
 def check_shared_settings(study: Study) -> None:
     """Refuse a study dir whose cells were planned with other shared settings (runtime keys aside)."""
     if not study.recipe_path.is_file():
         return
     old, new = TrainConfig(), TrainConfig()
     try:
-        apply_overrides(old, yaml.safe_load(study.recipe_path.read_text()) or {})
+        apply_overrides(old, yaml_load(study.recipe_path.read_text()) or {})
     except (UserError, yaml.YAMLError):
         return  # unreadable: the per-cell config check still guards every run dir
     apply_overrides(new, study.common)
-    a, b = json.loads(fingerprint(old)), json.loads(fingerprint(new))
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    diff = config_diff(old, new)
     if diff:
         raise UserError(
             f"{study.dir} holds a study with different shared settings (differs in: "
@@ -173,7 +175,8 @@ def write_study(study: Study) -> None:
         f"{' and --set ' + ' '.join(study.sets) if study.sets else ''}.\n"
         "# The settings every cell shares; each cell adds its grid values and seed.\n"
     )
-    _write_atomic(study.recipe_path, header + yaml.safe_dump(study.common, sort_keys=False))
+    # atomic: shards on a shared file system may write the same file at once
+    atomic_write_text(study.recipe_path, header + yaml.safe_dump(study.common, sort_keys=False))
     record = {
         "version": 1,
         "recipe": study.recipe,
@@ -183,7 +186,7 @@ def write_study(study: Study) -> None:
         **study.spec.to_dict(),
         "cells": [c.to_dict() for c in study.cells],
     }
-    _write_atomic(study.dir / "study.json", json.dumps(record, indent=2) + "\n")
+    write_json(study.dir / "study.json", record)
 
 
 def read_study(study_dir: str | Path) -> dict[str, Any]:
@@ -193,7 +196,64 @@ def read_study(study_dir: str | Path) -> dict[str, Any]:
             f"'{study_dir}' is not a study directory (no study.json); "
             "create it with `bacon-zoo study run ... --out DIR`"
         )
-    return json.loads(path.read_text())
+    return read_json(path, "the study's grid and cells", "rerun the `bacon-zoo study run` command")
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing cells: --cell, --shard (cost-balanced)
+
+
+def cell_configs(study: Study) -> list[TrainConfig]:
+    return [cell_config(study.common, c, study.cell_dir(c)) for c in study.cells]
+
+
+def select_cells(
+    study: Study,
+    shard: tuple[int, int] = (0, 1),
+    cell: str | None = None,
+    measured: dict[tuple[str, int], float] | None = None,
+) -> list[Cell]:
+    """`--cell NAME`: that cell; `--shard i/n`: shard i of a longest-processing-time-first split by cost.
+
+    The split uses the static cost model (FLOPs x images, or `measured` images/s from a finished study
+    that every shard is given alike), never this study's own progress, so all shards agree.
+    """
+    if cell is not None:
+        if shard[1] > 1:
+            raise UserError("--cell runs exactly one cell; drop --shard")
+        found = [c for c in study.cells if c.name == cell]
+        if not found:
+            import difflib
+
+            close = difflib.get_close_matches(cell, [c.name for c in study.cells], n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else "see `study run --dry-run`"
+            raise UserError(
+                f"no cell named '{cell}' in this study ({len(study.cells)} cells); {hint}"
+            )
+        return found
+    if shard[1] == 1:
+        return list(study.cells)
+    from bacon_zoo.study.cost import estimate_cell, shard_cells
+
+    cfgs = cell_configs(study)
+    costs = [estimate_cell(c.name, cfg, measured).work for c, cfg in zip(study.cells, cfgs)]
+    if measured:  # measured throughput: balance device-seconds instead of FLOP-weighted images
+        costs = [
+            estimate_cell(c.name, cfg, measured).device_hours for c, cfg in zip(study.cells, cfgs)
+        ]
+    return [study.cells[i] for i in shard_cells(costs, *shard)]
+
+
+def parse_devices(raw: str | None) -> list[str] | None:
+    """`"0,1,2,3"` (or MIG / GPU UUIDs) -> ["0", "1", "2", "3"]; None -> None (one cell at a time)."""
+    if raw is None:
+        return None
+    devices = [d.strip() for d in str(raw).split(",")]
+    if not devices or not all(devices) or len(set(devices)) != len(devices):
+        raise UserError(
+            f"--devices expects distinct device ids like 0,1,2,3, got '{raw}' (one cell runs per device)"
+        )
+    return devices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,9 +261,10 @@ def read_study(study_dir: str | Path) -> dict[str, Any]:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The cell's summary.json, or None (absent, or unreadable: the cell is then rerun)."""
     try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+        return RunDir(run_dir).read_summary()
+    except UserError:
         return None
 
 
@@ -214,7 +275,7 @@ def cell_status(run_dir: Path) -> str:
     summary = read_summary(run_dir)
     if summary and summary.get("status") == "complete":
         return "complete"
-    return "incomplete" if (run_dir / "config.yaml").is_file() else "missing"
+    return "incomplete" if RunDir(run_dir).is_run() else "missing"
 
 
 def error_line(stderr: str, returncode: int | None = None) -> str:
@@ -231,31 +292,29 @@ def error_line(stderr: str, returncode: int | None = None) -> str:
     return f"exited with status {returncode} and no error message"
 
 
-def _write_error(run_dir: Path, line: str, tail: str = "") -> None:
+def write_error(run_dir: Path, line: str, tail: str = "") -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = line + "\n"
     if tail:
         text += "\n--- stderr tail ---\n" + tail
-    (run_dir / "error.log").write_text(text)
+    atomic_write_text(run_dir / "error.log", text)
 
 
 def check_run_dir(study: Study, cell: Cell) -> str | None:
     """An error line when the cell's run dir holds a run of another config (else None)."""
-    run_dir = study.cell_dir(cell)
-    if not (run_dir / "config.yaml").is_file():
+    run = RunDir(study.cell_dir(cell))
+    if not run.is_run():
         return None
     try:
-        saved = load_run_config(run_dir)
+        saved = run.read_config()
     except UserError as e:
         return str(e)
-    expected = cell_config(study.common, cell, run_dir)
+    expected = cell_config(study.common, cell, run.path)
     if fingerprint(saved) == fingerprint(expected):
         return None
-    a, b = json.loads(fingerprint(saved)), json.loads(fingerprint(expected))
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return (
-        f"{run_dir} holds a run with a different config (differs in: {', '.join(diff)}); "
-        "delete the cell dir to retrain it, or use another --out"
+        f"{run.path} holds a run with a different config (differs in: "
+        f"{', '.join(config_diff(saved, expected))}); delete the cell dir to retrain it, or use another --out"
     )
 
 
@@ -273,14 +332,28 @@ def cell_command(study: Study, cell: Cell, launcher: str | None = None) -> list[
     return [*prefix, *args, "--resume"]
 
 
+def cell_outcome(run_dir: Path, code: int, stderr: str) -> tuple[str, str]:
+    """(complete | stopped | failed, the failure line); writes error.log for a failure."""
+    summary = read_summary(run_dir)
+    if code == 0 and summary and summary.get("status") == "complete":
+        return "complete", ""
+    if code in STOP_CODES:
+        return "stopped", ""
+    line = error_line(stderr, code) if code else "exited 0 without summary.json"
+    tail = "\n".join(stderr.replace("\r", "\n").splitlines()[-ERROR_TAIL_LINES:])
+    write_error(run_dir, line, tail + "\n")
+    return "failed", line
+
+
 class _Stopper:
-    """SIGINT/SIGTERM: pass the signal to the running cell (it checkpoints) and stop after it."""
+    """SIGINT/SIGTERM: pass the signal to the running cells (they checkpoint) and start no more."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> _Stopper:
         self.stopping = False
-        self.proc: subprocess.Popen | None = None
+        self.signum: int | None = None
+        self.procs: set[subprocess.Popen] = set()
         self._previous = {}
         if threading.current_thread() is threading.main_thread():  # handlers live there only
             self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
@@ -292,40 +365,75 @@ class _Stopper:
 
     def _handler(self, signum, frame) -> None:
         self.stopping = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signum)
+        self.signum = self.signum or signum
+        for proc in list(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
 
-def launch_cell(cmd: list[str], run_dir: Path, stopper: _Stopper) -> tuple[int, str]:
-    """Run one cell to the end; (return code, the stderr it wrote)."""
+@dataclass
+class _Running:
+    """A started cell: its process, log files and where its stderr of this attempt begins."""
+
+    cell: Cell
+    proc: subprocess.Popen
+    files: list[Any]
+    err_path: Path
+    err_start: int
+    t0: float
+
+    def finish(self) -> tuple[int, str]:
+        for f in self.files:
+            f.close()
+        with open(self.err_path, errors="replace") as f:
+            f.seek(self.err_start)
+            return self.proc.returncode, f.read()
+
+
+def start_cell(
+    cell: Cell, cmd: list[str], run_dir: Path, env: dict[str, str] | None = None
+) -> _Running:
+    """Start one cell, appending to its stdout.log / stderr.log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.log").unlink(missing_ok=True)
     err_path = run_dir / "stderr.log"
     start = err_path.stat().st_size if err_path.is_file() else 0
-    with open(run_dir / "stdout.log", "a") as out, open(err_path, "a") as err:
-        stamp = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n"
-        out.write(stamp)
-        err.write(stamp)
-        out.flush()
-        err.flush()
-        # a session of its own: a terminal's Ctrl-C reaches only the study, which passes it on once
-        try:
-            stopper.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        except OSError as e:  # the launcher itself is wrong: every cell would fail the same way
-            raise UserError(f"can't start `{cmd[0]}` ({e.strerror}); check --launcher") from None
-        try:
-            code = stopper.proc.wait()
-        finally:
-            if (
-                stopper.proc.poll() is None
-            ):  # the study itself is dying: don't leave the cell behind
-                stopper.proc.terminate()
-            stopper.proc = None
-    with open(err_path, errors="replace") as f:
-        f.seek(start)
-        return code, f.read()
+    out, err = open(run_dir / "stdout.log", "a"), open(err_path, "a")  # noqa: SIM115 (closed by finish)
+    where = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if env else ""
+    stamp = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {where}{shlex.join(cmd)}\n"
+    for f in (out, err):
+        f.write(stamp)
+        f.flush()
+    # a session of its own: a terminal's Ctrl-C reaches only the study, which passes it on once
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )
+    except OSError as e:  # the launcher itself is wrong: every cell would fail the same way
+        out.close()
+        err.close()
+        raise UserError(f"can't start `{cmd[0]}` ({e.strerror}); check --launcher") from None
+    return _Running(cell, proc, [out, err], err_path, start, time.perf_counter())
+
+
+def launch_cell(
+    cmd: list[str], run_dir: Path, stopper: _Stopper, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run one cell to the end; (return code, the stderr it wrote)."""
+    running = start_cell(Cell(run_dir.name, {}, 0, []), cmd, run_dir, env)
+    stopper.procs.add(running.proc)
+    try:
+        running.proc.wait()
+    finally:
+        if running.proc.poll() is None:  # the caller itself is dying: don't leave the cell behind
+            running.proc.terminate()
+        stopper.procs.discard(running.proc)
+    return running.finish()
 
 
 def _duration(seconds: float) -> str:
@@ -351,73 +459,106 @@ def run_study(
     launcher: str | None = None,
     dry_run: bool = False,
     log=print,
+    cell: str | None = None,
+    devices: list[str] | None = None,
+    measured: dict[tuple[str, int], float] | None = None,
+    poll_s: float = 0.2,
 ) -> dict[str, list[str]]:
-    """Run this shard's cells in order; returns cell names by outcome (trained/skipped/failed/...)."""
-    cells = select_shard(study.cells, *shard)
+    """Run the selected cells (all, `--shard`, or `--cell`), one per device at a time; returns cell
+    names by outcome (trained/skipped/failed/interrupted/pending) and `stopped_by` (the signal's name)."""
+    cells = select_cells(study, shard, cell, measured)
     where = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
-    log(f"study {study.dir}: {where}{len(cells)} of {len(study.cells)} cells")
+    on = f" on devices {','.join(devices)}" if devices else ""
+    log(f"study {study.dir}: {where}{len(cells)} of {len(study.cells)} cells{on}")
     outcome: dict[str, list[str]] = {
-        "trained": [], "skipped": [], "failed": [], "interrupted": [], "pending": [],
+        "trained": [], "skipped": [], "failed": [], "interrupted": [], "pending": [], "stopped_by": [],
     }  # fmt: skip
     if dry_run:
-        for cell in cells:
-            status = cell_status(study.cell_dir(cell))
-            log(f"[{status}] {shlex.join(cell_command(study, cell, launcher))}")
-            outcome["pending"].append(cell.name)
+        for c in cells:
+            status = cell_status(study.cell_dir(c))
+            log(f"[{status}] {shlex.join(cell_command(study, c, launcher))}")
+            outcome["pending"].append(c.name)
         return outcome
     check_shared_settings(study)
     write_study(study)
     width = len(str(len(cells)))
+    tags = {c.name: f"[{i:>{width}}/{len(cells)}] {c.name}" for i, c in enumerate(cells, 1)}
+    slots: list[str | None] = list(devices) if devices else [None]
+    running: dict[str | None, _Running] = {}
+    queue = list(cells)
     with _Stopper() as stopper:
-        for i, cell in enumerate(cells, 1):
-            run_dir, tag = study.cell_dir(cell), f"[{i:>{width}}/{len(cells)}] {cell.name}"
-            if stopper.stopping:
-                outcome["pending"].append(cell.name)
-                continue
-            stale = check_run_dir(study, cell)
-            if stale:
-                _write_error(run_dir, stale)
-                outcome["failed"].append(cell.name)
-                log(f"{tag}: FAILED: {stale}")
-                continue
-            summary = read_summary(run_dir)
-            if summary and summary.get("status") == "complete":
-                (run_dir / "error.log").unlink(missing_ok=True)
-                outcome["skipped"].append(cell.name)
-                log(f"{tag}: complete (skipped), {_best(run_dir)}")
-                continue
-            log(f"{tag}: running (log: {run_dir / 'stdout.log'})")
-            t0 = time.perf_counter()
-            code, stderr = launch_cell(cell_command(study, cell, launcher), run_dir, stopper)
-            took = _duration(time.perf_counter() - t0)
-            summary = read_summary(run_dir)
-            if code == 0 and summary and summary.get("status") == "complete":
-                outcome["trained"].append(cell.name)
-                log(f"{tag}: complete in {took}, {_best(run_dir)}")
-            elif stopper.stopping:
-                outcome["interrupted"].append(cell.name)
-                log(f"{tag}: interrupted after {took} (checkpointed; rerun to resume)")
-            else:
-                line = error_line(stderr, code) if code else "exited 0 without summary.json"
-                tail = "\n".join(stderr.replace("\r", "\n").splitlines()[-ERROR_TAIL_LINES:])
-                _write_error(run_dir, line, tail + "\n")
-                outcome["failed"].append(cell.name)
-                log(f"{tag}: FAILED after {took}: {line} (see {run_dir / 'error.log'})")
-    counts = ", ".join(f"{len(v)} {k}" for k, v in outcome.items() if v)
+        try:
+            while queue or running:
+                while queue and not stopper.stopping and len(running) < len(slots):
+                    c = queue.pop(0)
+                    run_dir, tag = study.cell_dir(c), tags[c.name]
+                    stale = check_run_dir(study, c)
+                    if stale:
+                        write_error(run_dir, stale)
+                        outcome["failed"].append(c.name)
+                        log(f"{tag}: FAILED: {stale}")
+                        continue
+                    summary = read_summary(run_dir)
+                    if summary and summary.get("status") == "complete":
+                        (run_dir / "error.log").unlink(missing_ok=True)
+                        outcome["skipped"].append(c.name)
+                        log(f"{tag}: complete (skipped), {_best(run_dir)}")
+                        continue
+                    slot = next(s for s in slots if s not in running)
+                    env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else None
+                    on = f" on device {slot}" if slot is not None else ""
+                    log(f"{tag}: running{on} (log: {run_dir / 'stdout.log'})")
+                    running[slot] = start_cell(c, cell_command(study, c, launcher), run_dir, env)
+                    stopper.procs.add(running[slot].proc)
+                if stopper.stopping:
+                    outcome["pending"] += [c.name for c in queue]
+                    queue = []
+                for slot, r in list(running.items()):
+                    if r.proc.poll() is None:
+                        continue
+                    del running[slot]
+                    stopper.procs.discard(r.proc)
+                    code, stderr = r.finish()
+                    run_dir, tag = study.cell_dir(r.cell), tags[r.cell.name]
+                    took = _duration(time.perf_counter() - r.t0)
+                    status, line = cell_outcome(run_dir, code, stderr)
+                    if status == "complete":
+                        outcome["trained"].append(r.cell.name)
+                        log(f"{tag}: complete in {took}, {_best(run_dir)}")
+                    elif status == "stopped":
+                        outcome["interrupted"].append(r.cell.name)
+                        log(f"{tag}: stopped after {took} (checkpointed; rerun to resume)")
+                    else:
+                        outcome["failed"].append(r.cell.name)
+                        log(f"{tag}: FAILED after {took}: {line} (see {run_dir / 'error.log'})")
+                if running:
+                    time.sleep(poll_s)
+        finally:
+            for r in running.values():  # the study itself is dying: don't leave cells behind
+                if r.proc.poll() is None:
+                    r.proc.terminate()
+        if stopper.signum is not None:
+            outcome["stopped_by"].append(signal.Signals(stopper.signum).name)
+    counts = ", ".join(f"{len(v)} {k}" for k, v in outcome.items() if v and k != "stopped_by")
     log(f"study {study.dir}: {where}{counts or 'nothing to do'}")
     return outcome
 
 
 __all__ = [
+    "STOP_CODES",
     "Study",
     "cell_command",
     "cell_config",
+    "cell_outcome",
     "cell_status",
     "error_line",
+    "launch_cell",
     "load_study_recipe",
+    "parse_devices",
     "plan_study",
     "read_study",
     "read_summary",
     "run_study",
+    "select_cells",
     "write_study",
 ]
