@@ -1,26 +1,20 @@
-"""Images/s the training data pipeline delivers, against the images/s a bf16 training step consumes.
+"""Views/s of the batched on-device FixMatch pipeline against a per-image PIL loader making the same views.
 
-One step's data = B labeled weak views + mu*B unlabeled images x (weak + strong) views, i.e.
-B * (1 + 2 mu) images (320 at B=64, mu=2), from `bacon_zoo.data.make_train_loaders` -- the two
-endless loaders the trainer uses. "N workers" means num_workers=N for each of the two loaders (so 2N
-worker processes). The loaders run flat out (no model consumes the batches), after a warm-up that
-drains the batches prefetched while the workers started; the figure is the median over timed windows.
-
-Data: real CIFAR-10 (../shared/datasets/cifar10-jpeg) when present -- a CIFAR-10-LT-sized labeled
-(2,478) and unlabeled (9,924) set cut from its train split -- else synthetic uint8 32x32 images.
-Consumption: the bf16 BaCon step from results/step_time_<device>.json (K=10), else measured here.
-Target: at 2 workers the pipeline delivers >= 2x what the bf16 step consumes.
-
-A short cProfile of the pipeline in-process (0 workers) and a per-view micro-benchmark say where the
-time goes (RandAugment, PIL conversion, crop/flip, normalisation, Cutout, collate, seeding).
+Batched: `bacon_zoo.data` streams (uint8 images held on the device once; crop/flip as one gather,
+`augment.apply_params` for RandAugment + Cutout, normalise), timed per view kind on batches of
+`--views` images, and as a whole training step (B labeled weak + mu*B unlabeled weak + strong) through
+`make_train_loaders`. On CUDA also with the images held on the CPU (data_device="cpu").
+PIL reference (written here, per image, one thread, what the old DataLoader path did per worker):
+numpy reflect pad, PIL crop + FLIP_LEFT_RIGHT, for strong the release's RandAugment with PIL ops
+(ImageOps / ImageEnhance / Image.transform, NEAREST, fill 0) and Cutout (ImageDraw, (125, 123, 114)),
+then ToTensor + Normalize per image and a stack (collate).
+Same views: before timing, both make views from the same draws and the uint8 results are compared.
+Data: real CIFAR-10 (../shared/datasets/cifar10-jpeg) when present, else synthetic uint8 32x32 images.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import pstats
 import statistics
 import sys
 from pathlib import Path
@@ -31,25 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps  # noqa: E402
 
 CIFAR = common.REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 N_LABELED, N_UNLABELED = 2478, 9924  # CIFAR-10-LT (N1=1000, M1=4000, gamma 100)
-TARGET_RATIO = 2.0
-
-# cProfile buckets: (label, file fragment, function names); first match wins, cumulative time
-BUCKETS = [
-    ("RandAugment (timm ops)", "auto_augment", ("__call__",), "RandAugment"),
-    ("Cutout (RandomErasing)", "transforms/transforms.py", ("forward",), "RandomErasing"),
-    ("ToPILImage (uint8 -> PIL)", "transforms/transforms.py", ("__call__",), "ToPILImage"),
-    ("ToTensor (PIL -> float)", "transforms/transforms.py", ("__call__",), "ToTensor"),
-    ("Normalize", "transforms/transforms.py", ("forward",), "Normalize"),
-    ("RandomCrop (reflect pad)", "transforms/transforms.py", ("forward",), "RandomCrop"),
-    ("RandomHorizontalFlip", "transforms/transforms.py", ("forward",), "RandomHorizontalFlip"),
-    ("collate", "_utils/collate.py", ("default_collate",)),
-    ("per-sample seeding", "bacon_zoo/data/transforms.py", ("seed_all",)),
-    ("RNG save/restore", "bacon_zoo/data/transforms.py", ("preserved_rng",)),
-    ("batch sampler", "bacon_zoo/data/loaders.py", ("batch",)),
-]
 
 
 def load_images(args: argparse.Namespace) -> tuple[Any, Any, tuple, tuple, str]:
@@ -70,172 +49,192 @@ def load_images(args: argparse.Namespace) -> tuple[Any, Any, tuple, tuple, str]:
     return lab, unl, mean, std, name
 
 
-def measure_workers(
-    workers: int, lab: Any, unl: Any, mean: tuple, std: tuple, args: argparse.Namespace
-) -> dict[str, Any]:
-    from bacon_zoo.data import make_train_loaders
-
-    per_step = args.batch_size * (1 + 2 * args.mu)
-    t0 = common.now()
-    loaders = make_train_loaders(
-        lab, unl, args.batch_size, args.mu, mean, std, seed=0, num_workers=workers
-    )
-    it_l, it_u = iter(loaders[0]), iter(loaders[1])
-    next(it_l), next(it_u)
-    startup = common.now() - t0
-    for _ in range(args.warmup + 2 * workers):  # drain what was prefetched during start-up
-        next(it_l), next(it_u)
-    rates, step_ms = [], []
-    for _ in range(args.windows):
-        t0 = common.now()
-        for _ in range(args.steps):
-            tb = common.now()
-            lb, ub = next(it_l), next(it_u)
-            step_ms.append((common.now() - tb) * 1e3)
-        dt = common.now() - t0
-        rates.append(per_step * args.steps / dt)
-    assert lb["x"].shape[0] == args.batch_size and ub["x_s"].shape[0] == args.mu * args.batch_size
-    del it_l, it_u, loaders
-    gc.collect()
-    res = {
-        "workers_per_loader": workers,
-        "worker_processes": 2 * workers,
-        "startup_s": round(startup, 2),
-        "images_per_s": statistics.median(rates),
-        "images_per_s_windows": [round(r, 1) for r in rates],
-        "steps_per_s": statistics.median(rates) / per_step,
-        "batch_wait_ms": common.summarize([m / 1e3 for m in step_ms]),
-        "peak_rss_mb_so_far": round(common.peak_rss_mb(), 1),
-    }
-    print(
-        f"  {workers} worker(s)/loader: {res['images_per_s']:.0f} images/s "
-        f"(windows {res['images_per_s_windows']}), start-up {startup:.1f} s",
-        flush=True,
-    )
-    return res
+# ---------------------------------------------------------------------------------------------
+# the per-image PIL reference
 
 
-def view_costs(lab: Any, mean: tuple, std: tuple, n: int) -> dict[str, float]:
-    """Per-image cost of each view on the calling thread, no DataLoader (microseconds)."""
-    from bacon_zoo.data import strong_transform, weak_transform
+def _affine(img: Image.Image, coeffs: tuple) -> Image.Image:
+    return img.transform(img.size, Image.AFFINE, coeffs)  # NEAREST, fill 0: the release's
 
-    weak, strong = weak_transform(32, mean, std), strong_transform(32, mean, std)
-    imgs = [lab.images[i % len(lab)] for i in range(n)]
-    out = {}
-    for name, fn in (("weak", weak), ("strong", strong)):
-        fn(imgs[0])
-        times = []
-        for img in imgs:
-            t0 = common.now()
-            fn(img)
-            times.append(common.now() - t0)
-        out[f"{name}_us_per_image"] = statistics.median(times) * 1e6
+
+PIL_OPS = {
+    "AutoContrast": lambda img, v: ImageOps.autocontrast(img),
+    "Brightness": lambda img, v: ImageEnhance.Brightness(img).enhance(v),
+    "Color": lambda img, v: ImageEnhance.Color(img).enhance(v),
+    "Contrast": lambda img, v: ImageEnhance.Contrast(img).enhance(v),
+    "Equalize": lambda img, v: ImageOps.equalize(img),
+    "Identity": lambda img, v: img,
+    "Posterize": lambda img, v: ImageOps.posterize(img, int(v)),
+    "Rotate": lambda img, v: img.rotate(v),
+    "Sharpness": lambda img, v: ImageEnhance.Sharpness(img).enhance(v),
+    "ShearX": lambda img, v: _affine(img, (1, v, 0, 0, 1, 0)),
+    "ShearY": lambda img, v: _affine(img, (1, 0, 0, v, 1, 0)),
+    "Solarize": lambda img, v: ImageOps.solarize(img, v),
+    "TranslateX": lambda img, v: _affine(img, (1, 0, v * img.size[0], 0, 1, 0)),
+    "TranslateY": lambda img, v: _affine(img, (1, 0, 0, 0, 1, v * img.size[1])),
+}
+
+
+def pil_crop_flip(image: np.ndarray, top: int, left: int, flip: bool, pad: int) -> Image.Image:
+    h, w = image.shape[:2]
+    padded = Image.fromarray(np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect"))
+    img = padded.crop((left, top, left + w, top + h))
+    return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
+
+
+def pil_rand_augment(img: Image.Image, ops: list[str], mags: list[float], cut: list[float]):
+    for name, v in zip(ops, mags):
+        img = PIL_OPS[name](img, v)
+    v, ux, uy = cut  # USB's CutoutAbs with side v * W and centre (ux * W, uy * H)
+    w, h = img.size
+    side = v * w
+    x0, y0 = int(max(0, ux * w - side / 2.0)), int(max(0, uy * h - side / 2.0))
+    x1, y1 = int(min(w, x0 + side)), int(min(h, y0 + side))
+    if v > 0:
+        img = img.copy()
+        ImageDraw.Draw(img).rectangle((x0, y0, x1, y1), (125, 123, 114))
+    return img
+
+
+def pil_to_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """ToTensor + Normalize, per image."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    return (x - mean) / std
+
+
+def pil_views(images, idx, draws, params, pad, mean, std) -> torch.Tensor:
+    """The per-image loader: one view per index (strong when `params`), stacked like collate."""
+    top, left, flip = draws
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    out = []
+    for k, i in enumerate(idx):
+        img = pil_crop_flip(images[i], top[k], left[k], flip[k], pad)
+        if params is not None:
+            img = pil_rand_augment(img, *params[k])
+        out.append(pil_to_tensor(img, m, s))
+    return torch.stack(out)
+
+
+def host_params(p) -> list[tuple[list[str], list[float], list[float]]]:
+    ops, mags, cut = p.op_idx.cpu().tolist(), p.magnitude.cpu().tolist(), p.cutout.cpu().tolist()
+    return [([p.ops[o] for o in ops[k]], mags[k], cut[k]) for k in range(len(ops))]
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def agreement(images_np, device, n: int, seed: int = 0) -> dict[str, Any]:
+    """Batched and PIL views from the same draws: share of identical uint8 images, per view kind."""
+    from bacon_zoo.data.augment import apply_params, draw_params
+    from bacon_zoo.data.loaders import images_to_tensor
+    from bacon_zoo.data.views import crop_flip, crop_padding, draw_crop_flip
+
+    images = images_to_tensor(images_np[:n], device)
+    pad = crop_padding(images.shape[-1])
+    gen = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.arange(n, device=device)
+    draws = draw_crop_flip(n, images.shape[2:], gen, pad)
+    params = draw_params(n, gen)
+    weak = crop_flip(images, idx, *draws, pad)
+    strong = apply_params(weak, params)
+    host = [d.cpu().tolist() for d in draws]
+    hp = host_params(params)
+    out: dict[str, Any] = {"images": n}
+    for name, ref_params, batched in (("weak", None, weak), ("strong", hp, strong)):
+        same, max_diff = 0, 0
+        for k in range(n):
+            img = pil_crop_flip(images_np[k], host[0][k], host[1][k], bool(host[2][k]), pad)
+            if ref_params is not None:
+                img = pil_rand_augment(img, *ref_params[k])
+            ref = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+            got = batched[k].cpu()
+            same += int(torch.equal(ref, got))
+            max_diff = max(max_diff, int((ref.int() - got.int()).abs().max()))
+        out[name] = {"identical_share": same / n, "max_abs_diff_uint8": max_diff}
     return out
 
 
-def profile_pipeline(
-    lab: Any, unl: Any, mean: tuple, std: tuple, args: argparse.Namespace
-) -> dict[str, Any]:
-    """cProfile of `steps` batches pulled in-process (0 workers): time per bucket per step."""
+def _rate(fn, n_views: int, windows: int, device: torch.device) -> dict[str, Any]:
+    fn()  # warm-up
+    common.synchronize(device)
+    rates = []
+    for _ in range(windows):
+        t0 = common.now()
+        fn()
+        common.synchronize(device)
+        rates.append(n_views / (common.now() - t0))
+    return {"views_per_s": statistics.median(rates), "windows": [round(r, 1) for r in rates]}
+
+
+def batched_views(unl, mean, std, device, data_device, args) -> dict[str, Any]:
+    """Weak and strong views/s of `TrainStream` on batches of `--views` images."""
+    from bacon_zoo.data import TrainStream
+
+    out = {}
+    for kind in ("weak", "strong"):
+        stream = TrainStream(
+            unl, args.views, {"x": kind}, mean, std, seed=0, stream=1,
+            device=device, data_device=data_device,
+        )  # fmt: skip
+        n = args.batches
+        out[kind] = _rate(
+            lambda s=stream, n=n: [next(s) for _ in range(n)], n * args.views, args.windows, device
+        )
+    return out
+
+
+def batched_step(lab, unl, mean, std, device, data_device, args) -> dict[str, Any]:
+    """Images/s of whole training steps from `make_train_loaders`."""
     from bacon_zoo.data import make_train_loaders
 
-    loaders = make_train_loaders(lab, unl, args.batch_size, args.mu, mean, std, seed=0)
-    it_l, it_u = iter(loaders[0]), iter(loaders[1])
-    next(it_l), next(it_u)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(args.profile_steps):
-        next(it_l), next(it_u)
-    prof.disable()
-    st = pstats.Stats(prof)
-    total = st.total_tt
-    buckets: dict[str, float] = {}
-    for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():
-        for spec in BUCKETS:
-            label, frag, funcs = spec[0], spec[1], spec[2]
-            if frag in file and func in funcs:
-                if len(spec) > 3 and not _defines_class(file, _line, spec[3]):
-                    continue
-                buckets[label] = buckets.get(label, 0.0) + ct
-                break
-    steps = args.profile_steps
-    rows = sorted(buckets.items(), key=lambda kv: -kv[1])
-    top = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:12]
-    return {
-        "steps": steps,
-        "note": "cProfile inflates Python-heavy code; read the shares, not the absolute times",
-        "total_ms_per_step": total / steps * 1e3,
-        "buckets_ms_per_step": {k: round(v / steps * 1e3, 2) for k, v in rows},
-        "buckets_share": {k: round(v / total, 3) for k, v in rows},
-        "top_self_time": [
-            {
-                "function": f"{Path(f).name}:{line}({fn})",
-                "self_ms_per_step": round(tt / steps * 1e3, 2),
-                "calls_per_step": round(nc / steps, 1),
-            }
-            for (f, line, fn), (_cc, nc, tt, _ct, _c) in top
-        ],
-    }
+    t0 = common.now()
+    it_l, it_u = make_train_loaders(
+        lab, unl, args.batch_size, args.mu, mean, std, seed=0, device=device,
+        data_device=data_device,
+    )  # fmt: skip
+    startup = common.now() - t0
+    per_step = args.batch_size * (1 + 2 * args.mu)
+    res = _rate(
+        lambda: [(next(it_l), next(it_u)) for _ in range(args.batches)],
+        per_step * args.batches,
+        args.windows,
+        device,
+    )
+    return {"images_per_s": res["views_per_s"], "windows": res["windows"], "startup_s": startup}
 
 
-_CLASS_CACHE: dict[tuple[str, int], str | None] = {}
+def pil_rates(unl, mean, std, args) -> dict[str, Any]:
+    """Weak and strong views/s of the per-image PIL reference (one thread, draws made beforehand)."""
+    from bacon_zoo.data.augment import draw_params
+    from bacon_zoo.data.views import crop_padding, draw_crop_flip
 
-
-def _defines_class(file: str, line: int, cls: str) -> bool:
-    """Is the method at file:line inside `class cls`? (torchvision's transforms share one file.)"""
-    key = (file, line)
-    if key not in _CLASS_CACHE:
-        owner = None
-        try:
-            lines = Path(file).read_text().splitlines()[:line]
-            for text in reversed(lines):
-                if text.startswith("class "):
-                    owner = text[6:].split("(")[0].split(":")[0].strip()
-                    break
-        except OSError:
-            pass
-        _CLASS_CACHE[key] = owner
-    return _CLASS_CACHE[key] == cls
-
-
-def consumption(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
-    """Images/s of the bf16 (and fp32) BaCon step: from step_time's JSON, else measured now."""
-    import step_time
-
-    out: dict[str, Any] = {}
-    data = common.read_result("step_time", device)
-    for dtype in ("bf16", "fp32"):
-        c = step_time.consumption_from_result(data, dtype) if data else None
-        if c is not None:
-            c["source"] = (
-                f"results/step_time_{common.device_tag(device)}.json ({data['machine']['date']})"
-            )
-            out[dtype] = c
-    if "bf16" not in out:
-        print("  no bf16 step time on file: measuring 2 BaCon bf16 steps", flush=True)
-        sargs = step_time.parse_args(
-            ["--variants", "bacon", "--classes", "10", "--dtypes", "bf16", "--steps", "2",
-             "--warmup", "1", "--no-write"]
-        )  # fmt: skip
-        step_time.apply_device_defaults(sargs, device)
-        row = step_time.run_config(10, "bf16", device, sargs, None)
-        fake = {"configs": [row], "settings": {"batch_size": sargs.batch_size, "mu": sargs.mu}}
-        out["bf16"] = step_time.consumption_from_result(fake, "bf16")
-        out["bf16"]["source"] = "measured by loader.py (2 steps)"
+    n, pad = args.pil_views, crop_padding(32)
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, len(unl), (n,), generator=gen).tolist()
+    draws = [d.tolist() for d in draw_crop_flip(n, (32, 32), gen, pad)]
+    params = host_params(draw_params(n, gen))
+    out = {}
+    for kind, p in (("weak", None), ("strong", params)):
+        out[kind] = _rate(
+            lambda p=p: pil_views(unl.images, idx, draws, p, pad, mean, std),
+            n,
+            args.windows,
+            torch.device("cpu"),
+        )
     return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default=None, help="whose step to compare against (default: auto)")
-    p.add_argument("--workers", default="0,1,2", help="comma list of num_workers per loader")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--mu", type=int, default=2)
-    p.add_argument("--steps", type=int, default=8, help="steps per timed window")
+    p.add_argument("--device", default=None, help="where the batched pipeline runs (default: auto)")
+    p.add_argument("--views", type=int, default=448, help="views per batched call (64 * mu 7)")
+    p.add_argument("--batches", type=int, default=4, help="batched calls per timed window")
     p.add_argument("--windows", type=int, default=3, help="timed windows (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps (+ 2 per worker)")
-    p.add_argument("--profile-steps", type=int, default=4, help="0: no cProfile")
-    p.add_argument("--view-images", type=int, default=200, help="images for the per-view timing")
+    p.add_argument("--pil-views", type=int, default=448, help="images per PIL window")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--mu", type=int, default=7)
+    p.add_argument("--check-images", type=int, default=64, help="images for the same-views check")
     p.add_argument(
         "--synthetic", action="store_true", help="synthetic images even if CIFAR is here"
     )
@@ -247,70 +246,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = common.now()
     args = parse_args(argv)
     device = common.get_device(args.device)
-    per_step = args.batch_size * (1 + 2 * args.mu)
     lab, unl, mean, std, data_name = load_images(args)
-    print(
-        f"loader: {data_name}, B={args.batch_size} mu={args.mu} -> {per_step} images/step, "
-        f"CPUs {common.usable_cpus()}",
-        flush=True,
-    )
-    workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    results = [measure_workers(w, lab, unl, mean, std, args) for w in workers]
-    workers_rss = round(common.peak_rss_children_mb(), 1)  # workers have exited by now
-    views = view_costs(lab, mean, std, args.view_images)
-    print(
-        f"  per image, one thread: weak {views['weak_us_per_image']:.0f} us, "
-        f"strong {views['strong_us_per_image']:.0f} us",
-        flush=True,
-    )
-    cons = consumption(device, args)
-    need = cons["bf16"]["images_per_s"] if cons.get("bf16") else None
-    for r in results:
-        r["ratio_to_bf16_step"] = r["images_per_s"] / need if need else None
-    at2 = next((r for r in results if r["workers_per_loader"] == 2), None)
-    targets = []
-    if at2 is not None and need:
-        targets.append(
-            {
-                "name": "loader images/s at 2 workers / bf16 step consumption",
-                "value": round(at2["ratio_to_bf16_step"], 2),
-                "threshold": f">= {TARGET_RATIO}",
-                "met": at2["ratio_to_bf16_step"] >= TARGET_RATIO,
-            }
-        )
-    profile = None
-    if args.profile_steps > 0:
-        profile = profile_pipeline(lab, unl, mean, std, args)
-        print("  where the time goes (cProfile, 0 workers, share of pipeline time):")
-        for k, v in profile["buckets_share"].items():
-            print(f"    {k:<28} {v * 100:5.1f}%  ({profile['buckets_ms_per_step'][k]:.1f} ms/step)")
-    if need:
-        print(f"  bf16 step consumes {need:.1f} images/s ({cons['bf16']['source']})")
-    for t in targets:
-        print(
-            f"target {t['name']}: {t['value']}x {t['threshold']} -> {'met' if t['met'] else 'MISSED'}"
-        )
+    threads = torch.get_num_threads()
+    print(f"loader: {data_name} on {device}, torch threads {threads}", flush=True)
+    same = agreement(unl.images, device, args.check_images)
+    print(f"  same views (uint8, {same['images']} images): weak {same['weak']}, strong "
+          f"{same['strong']}", flush=True)  # fmt: skip
+    pil = pil_rates(unl, mean, std, args)
+    print(f"  PIL per image, 1 thread: weak {pil['weak']['views_per_s']:.0f}/s, strong "
+          f"{pil['strong']['views_per_s']:.0f}/s", flush=True)  # fmt: skip
+    placements = [("device", None)] + ([("cpu-held", "cpu")] if device.type == "cuda" else [])
+    batched: dict[str, Any] = {}
+    for label, data_device in placements:
+        row = {"data_device": str(data_device or device)}
+        row["views"] = batched_views(unl, mean, std, device, data_device, args)
+        row["step"] = batched_step(lab, unl, mean, std, device, data_device, args)
+        if device.type == "cpu":  # the same on one thread: per-core speed against PIL
+            torch.set_num_threads(1)
+            row["views_1_thread"] = batched_views(unl, mean, std, device, data_device, args)
+            torch.set_num_threads(threads)
+        batched[label] = row
+        v = row["views"]
+        print(f"  batched ({row['data_device']}): weak {v['weak']['views_per_s']:.0f}/s, strong "
+              f"{v['strong']['views_per_s']:.0f}/s; step {row['step']['images_per_s']:.0f} "
+              "images/s", flush=True)  # fmt: skip
+    speedup = {
+        f"{label}_{kind}": batched[label]["views"][kind]["views_per_s"] / pil[kind]["views_per_s"]
+        for label in batched
+        for kind in ("weak", "strong")
+    }
+    if "views_1_thread" in batched["device"]:
+        for kind in ("weak", "strong"):
+            speedup[f"1_thread_{kind}"] = (
+                batched["device"]["views_1_thread"][kind]["views_per_s"] / pil[kind]["views_per_s"]
+            )
+    print("  speed-up over PIL: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
     payload = {
         "settings": {
             "data": data_name,
             "labeled": len(lab),
             "unlabeled": len(unl),
+            "views_per_batched_call": args.views,
+            "batched_calls_per_window": args.batches,
+            "pil_views_per_window": args.pil_views,
+            "windows": args.windows,
             "batch_size": args.batch_size,
             "mu": args.mu,
-            "images_per_step": per_step,
-            "steps_per_window": args.steps,
-            "windows": args.windows,
-            "warmup_steps": f"{args.warmup} + 2 per worker",
-            "workers_meaning": "num_workers of each of the two loaders (labeled, unlabeled)",
-            "main_process_threads": torch.get_num_threads(),
+            "images_per_step": args.batch_size * (1 + 2 * args.mu),
+            "torch_threads": threads,
+            "pil_threads": 1,
         },
-        "results": results,
-        "peak_rss_worker_mb": workers_rss,
-        "peak_rss_worker_note": "largest worker process (forked: includes pages shared with the main)",
-        "view_costs": views,
-        "consumption": cons,
-        "profile": profile,
-        "targets": targets,
+        "same_views": same,
+        "pil": pil,
+        "batched": batched,
+        "speedup_vs_pil": speedup,
     }
     if not args.no_write:
         common.write_result("loader", device, payload, started)

@@ -1,4 +1,4 @@
-"""Data: long-tailed splits, sources (presets, local folders, offline errors), views and resumable loaders."""
+"""Data: long-tailed splits, sources (presets, local folders, offline errors), prepare_data (streams: test_streams.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from bacon_zoo.config import TrainConfig
 from bacon_zoo.data import (
-    ImageSet,
     Split,
     build_split,
     class_counts,
     load_source,
     lt_class_counts,
-    make_eval_loader,
     make_lt_split,
-    make_train_loaders,
     prepare_data,
 )
 from bacon_zoo.data import sources as sources_mod
@@ -248,105 +244,6 @@ def test_missing_local_path_and_typo_are_user_errors():
         load_source("./no/such/folder")
     with pytest.raises(UserError, match="did you mean cifar10"):
         load_source("cifar-10")
-
-
-# ---------------------------------------------------------------------------------------------
-# loaders
-
-
-def _image_set(n: int, size: int = 16, seed: int = 0, unknown: bool = False) -> ImageSet:
-    rng = np.random.default_rng(seed)
-    labels = np.full(n, -1) if unknown else rng.integers(0, 4, n)
-    return ImageSet(
-        rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), labels.astype(np.int64)
-    )
-
-
-def _take(loader, k: int) -> list[dict]:
-    it = iter(loader)
-    return [next(it) for _ in range(k)]
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_loader_batches_shapes_and_dtypes():
-    lab, unl = make_train_loaders(
-        _image_set(30), _image_set(50, unknown=True), 4, 3, MEAN, STD, seed=0
-    )
-    (bl,) = _take(lab, 1)
-    (bu,) = _take(unl, 1)
-    assert set(bl) == {"idx", "x", "y"} and set(bu) == {"idx", "x_w", "x_s", "y"}
-    assert bl["x"].shape == (4, 3, 16, 16) and bl["x"].dtype == torch.float32
-    assert (
-        bu["x_w"].shape == bu["x_s"].shape == (12, 3, 16, 16) and bu["x_s"].dtype == torch.float32
-    )
-    assert bl["idx"].dtype == torch.int64 and bl["y"].dtype == torch.int64
-    assert int(bu["idx"].max()) < 50 and (bu["y"] == -1).all()
-    assert not torch.equal(bu["x_w"], bu["x_s"])
-
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_exact_resume(num_workers):
-    labeled, unlabeled = _image_set(10), _image_set(40, seed=1)
-    s = 5  # labeled set (10) < batches * 4: the stream runs over several epochs
-    full = make_train_loaders(labeled, unlabeled, 4, 2, MEAN, STD, seed=7, num_workers=num_workers)
-    resumed = make_train_loaders(
-        labeled, unlabeled, 4, 2, MEAN, STD, seed=7, num_workers=num_workers, start_step=s
-    )
-    for a, b in zip(full, resumed):
-        assert _same(_take(a, s + 1)[s], _take(b, 1)[0])
-    other_seed = make_train_loaders(labeled, unlabeled, 4, 2, MEAN, STD, seed=8)
-    assert not _same(_take(full[1], 1)[0], _take(other_seed[1], 1)[0])
-    del full, resumed
-
-
-def test_workers_do_not_change_batches():
-    labeled, unlabeled = _image_set(12), _image_set(12, seed=1)
-    zero = make_train_loaders(labeled, unlabeled, 4, 1, MEAN, STD, seed=0, num_workers=0)
-    two = make_train_loaders(labeled, unlabeled, 4, 1, MEAN, STD, seed=0, num_workers=2)
-    for a, b in zip(zero, two):
-        assert all(_same(x, y) for x, y in zip(_take(a, 3), _take(b, 3)))
-    del two
-
-
-def test_small_set_streams_over_epochs():
-    labeled = _image_set(5)
-    lab, _ = make_train_loaders(labeled, labeled, 8, 1, MEAN, STD, seed=0)
-    idx = torch.cat([b["idx"] for b in _take(lab, 5)]).tolist()  # 40 draws = 8 epochs of 5
-    assert all(sorted(idx[i : i + 5]) == list(range(5)) for i in range(0, 40, 5))
-
-
-def test_rank_slices_disjoint_and_tile_the_global_batch():
-    labeled = _image_set(64)
-    kw = dict(mean=MEAN, std=STD, seed=3, mu=1)
-    ranks = [make_train_loaders(labeled, labeled, 8, rank=r, world_size=2, **kw)[0] for r in (0, 1)]
-    single = make_train_loaders(labeled, labeled, 16, **kw)[0]
-    for r0, r1, g in zip(_take(ranks[0], 3), _take(ranks[1], 3), _take(single, 3)):
-        assert not set(r0["idx"].tolist()) & set(r1["idx"].tolist())
-        assert torch.equal(torch.cat([r0["x"], r1["x"]]), g["x"])  # same images, same augmentations
-
-
-def test_augmentation_leaves_global_rng_alone():
-    lab, unl = make_train_loaders(_image_set(8), _image_set(8), 4, 1, MEAN, STD, seed=0)
-    it = iter(unl)
-    state = torch.get_rng_state()
-    next(it)
-    assert torch.equal(state, torch.get_rng_state())
-
-
-def test_eval_loader_in_order():
-    images = _image_set(10)
-    batches = list(make_eval_loader(images, 4, MEAN, STD))
-    assert [len(b["idx"]) for b in batches] == [4, 4, 2]
-    assert torch.cat([b["idx"] for b in batches]).tolist() == list(range(10))
-    assert torch.equal(torch.cat([b["y"] for b in batches]), torch.from_numpy(images.labels))
-    x0 = (images.images[0, 0, 0, 0] / 255 - 0.5) / 0.25
-    assert (
-        batches[0]["x"].shape == (4, 3, 16, 16)
-        and abs(float(batches[0]["x"][0, 0, 0, 0]) - x0) < 1e-5
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,18 @@ Data code knows nothing about algorithms.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bacon_zoo.data.loaders import (
+    EvalLoader,
+    StreamBatchSampler,
+    TrainStream,
+    eval_positions,
+    make_eval_loader,
+    make_train_loaders,
+)
 from bacon_zoo.data.sources import PRESETS, ImageSet, SourceData, load_source, preset_env_var
 from bacon_zoo.data.splits import (
     Split,
@@ -20,33 +27,33 @@ from bacon_zoo.data.splits import (
     lt_class_counts,
     make_lt_split,
 )
+from bacon_zoo.data.views import normalize
 from bacon_zoo.errors import UserError
 
 if TYPE_CHECKING:
     from bacon_zoo.config import TrainConfig
-    from bacon_zoo.data.loaders import StreamBatchSampler, make_eval_loader, make_train_loaders
-    from bacon_zoo.data.transforms import eval_transform, strong_transform, weak_transform
 
 __all__ = [
     "PRESETS",
+    "EvalLoader",
     "ImageSet",
     "SSLData",
     "SourceData",
     "Split",
     "StreamBatchSampler",
+    "TrainStream",
     "balanced_indices",
     "build_split",
     "class_counts",
-    "eval_transform",
+    "eval_positions",
     "load_source",
     "lt_class_counts",
     "make_eval_loader",
     "make_lt_split",
     "make_train_loaders",
+    "normalize",
     "prepare_data",
     "preset_env_var",
-    "strong_transform",
-    "weak_transform",
 ]
 
 # the quick-eval subset is the same for every run seed, so runs stay comparable
@@ -182,19 +189,3 @@ def prepare_data(
         labeled_counts=list(split.labeled_counts),
         unlabeled_counts=list(split.unlabeled_counts),
     )
-
-
-_LAZY = {  # torch/timm-backed names load on first use, so `bacon-zoo --help` stays fast
-    "StreamBatchSampler": "bacon_zoo.data.loaders",
-    "make_eval_loader": "bacon_zoo.data.loaders",
-    "make_train_loaders": "bacon_zoo.data.loaders",
-    "eval_transform": "bacon_zoo.data.transforms",
-    "strong_transform": "bacon_zoo.data.transforms",
-    "weak_transform": "bacon_zoo.data.transforms",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'bacon_zoo.data' has no attribute '{name}'")

@@ -1,36 +1,70 @@
-"""Endless, exactly resumable training streams and an in-order eval loader.
+"""Endless, exactly resumable training streams and a sharded eval loader, with views made in batches.
 
-Stream position p (0, 1, 2, ...) maps to image perm_e[p mod N] of epoch e = p // N, where perm_e is a
-permutation seeded by (seed, stream, e). Global batch i is positions [i*G, (i+1)*G), G = batch * world;
-rank r takes the r-th slice. Each sample also gets an augmentation seed drawn from (seed, stream, i), so
-batch i (images and augmentations) depends only on (seed, i, rank, world_size): not on workers, nor on
-where the stream started. `start_step=s` jumps straight to batch s without producing the skipped ones.
-Do not pass the training loaders through `accelerator.prepare`: they are already sharded by rank.
+The uint8 images become NCHW torch tensors once, on `data_device` (default: the training device), and
+each batch's views are made there in one go (`bacon_zoo.data.views`), then copied to `device` (pinned,
+non-blocking) when the two differ. Nothing in a step waits on the device (no `.item()`, no `.cpu()`).
+
+Which images: stream position p (0, 1, 2, ...) maps to image perm_e[p mod N] of epoch e = p // N, where
+perm_e is a permutation seeded by (seed, stream, e). Global batch i is positions [i*G, (i+1)*G),
+G = batch * world; rank r takes the r-th slice.
+Which views: a torch.Generator on `data_device`, re-seeded per step from (seed, stream, step, view),
+draws the crop offsets and flips, and for the strong view the RandAugment ops, magnitudes and Cutout
+(`augment.draw_params`), for the whole global batch; rank r keeps its slice. So batch i depends only on
+(seed, i, rank, world_size), a sample's views do not depend on the world size, and `start_step=s` jumps
+straight to batch s. CPU and CUDA generators draw different numbers: views depend on the device type.
+Do not pass these through `accelerator.prepare`: they are already sharded by rank and on the device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch import Tensor
 
+from bacon_zoo.data.augment import RandAugmentParams, apply_params, draw_params
 from bacon_zoo.data.sources import ImageSet
-from bacon_zoo.data.transforms import (
-    eval_transform,
-    preserved_rng,
-    seed_all,
-    strong_transform,
-    weak_transform,
-)
+from bacon_zoo.data.views import crop_flip, crop_padding, draw_crop_flip, normalize
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
+# what a per-step generator seed is for (the last entry of its seed sequence)
+_WEAK, _STRONG_CROP, _STRONG_AUG = 0, 1, 2
+RANDAUGMENT_OPS_PER_IMAGE = 3
 
 
-class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Yields batches of (index, sample seed) forever, starting at batch `start_step`."""
+def _seed(*parts: int) -> int:
+    """A 63-bit generator seed from a tuple of non-negative ints (host-side, no device work)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _device(d: torch.device | str) -> torch.device:
+    d = torch.device(d)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
+def _to(x: Tensor, device: torch.device) -> Tensor:
+    """Copy a tensor to `device` without making the host wait (pinned staging for CPU -> CUDA)."""
+    if x.device == device:
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def images_to_tensor(images: np.ndarray, device: torch.device | str) -> Tensor:
+    """uint8 NHWC numpy -> uint8 NCHW contiguous tensor on `device` (permuted there, once)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(images)).to(_device(device))
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+class StreamBatchSampler:
+    """Indices of batch `step` of one rank, for any step, in O(batch) work (no replay)."""
 
     def __init__(
         self,
@@ -59,61 +93,100 @@ class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
             self._perms[epoch] = rng.permutation(self.num_items)
         return self._perms[epoch]
 
-    def batch(self, step: int) -> list[tuple[int, int]]:
-        """Batch `step` of this rank: (index into the set, augmentation seed) pairs."""
-        global_batch = self.batch_size * self.world_size
-        first = step * global_batch + self.rank * self.batch_size
+    def batch(self, step: int) -> np.ndarray:
+        """Batch `step` of this rank: int64 indices into the set."""
+        first = step * self.batch_size * self.world_size + self.rank * self.batch_size
         positions = np.arange(first, first + self.batch_size, dtype=np.int64)
         epochs, offsets = np.divmod(positions, self.num_items)
         idx = np.empty(self.batch_size, dtype=np.int64)
         for e in np.unique(epochs):
             sel = epochs == e
             idx[sel] = self._perm(int(e))[offsets[sel]]
-        seeds = np.random.default_rng([self.seed, self.stream, 1_000_003, step]).integers(
-            0, 2**63 - 1, size=global_batch, dtype=np.int64
-        )[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return list(zip(idx.tolist(), seeds.tolist()))
+        return idx
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         step = self.start_step
         while True:
             yield self.batch(step)
             step += 1
 
 
-class AugmentedImages(Dataset):
-    """Items are (index, seed) pairs; each view is produced right after seeding from the pair's seed."""
+class TrainStream:
+    """Endless iterator of {"idx", "y", <view names>} batches, all on `device`.
+
+    `views` maps output keys to "weak" or "strong". `batch(step)` gives any batch directly.
+    """
 
     def __init__(
-        self, images: ImageSet, views: dict[str, Callable[[np.ndarray], torch.Tensor]]
+        self,
+        images: ImageSet,
+        batch_size: int,
+        views: dict[str, str],
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        stream: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
+        device: torch.device | str = "cpu",
+        data_device: torch.device | str | None = None,
     ) -> None:
-        self.images, self.views = images, views
+        self.sampler = StreamBatchSampler(
+            len(images), batch_size, seed, stream, rank, world_size, start_step
+        )
+        self.views, self.mean, self.std = dict(views), tuple(mean), tuple(std)
+        self.device = _device(device)
+        self.data_device = self.device if data_device is None else _device(data_device)
+        self.images = images_to_tensor(images.images, self.data_device)
+        self.labels = torch.as_tensor(images.labels, dtype=torch.int64).to(self.data_device)
+        self.pad = crop_padding(min(self.images.shape[2:]))
+        self.gen = torch.Generator(device=self.data_device)
+        self.step = int(start_step)
 
-    def _make(self, index: int, seed: int) -> dict[str, Any]:
-        seed_all(seed)
-        item: dict[str, Any] = {"idx": index}
-        image = self.images.images[index]
-        for name, view in self.views.items():
-            item[name] = view(image)
-        item["y"] = int(self.images.labels[index])
-        return item
+    def _seeded(self, step: int, tag: int) -> tuple[torch.Generator, int, slice]:
+        """The generator re-seeded for (step, tag), the global batch size and this rank's slice."""
+        s = self.sampler
+        self.gen.manual_seed(_seed(s.seed, s.stream, step, tag))
+        return (
+            self.gen,
+            s.batch_size * s.world_size,
+            slice(s.rank * s.batch_size, (s.rank + 1) * s.batch_size),
+        )
 
-    def __getitem__(self, pair: tuple[int, int]) -> dict[str, Any]:
-        with preserved_rng():
-            return self._make(*pair)
+    def _crop_flip(self, step: int, tag: int, idx: Tensor) -> Tensor:
+        gen, n, mine = self._seeded(step, tag)
+        top, left, flip = draw_crop_flip(n, self.images.shape[2:], gen, self.pad)
+        return crop_flip(self.images, idx, top[mine], left[mine], flip[mine], self.pad)
 
-    def __getitems__(self, pairs: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-        with preserved_rng():  # one save/restore per batch, not per image
-            return [self._make(*pair) for pair in pairs]
+    def _rand_augment(self, step: int, x: Tensor) -> Tensor:
+        gen, n, mine = self._seeded(step, _STRONG_AUG)
+        p = draw_params(n, gen, RANDAUGMENT_OPS_PER_IMAGE)
+        return apply_params(
+            x, RandAugmentParams(p.ops, p.op_idx[mine], p.magnitude[mine], p.cutout[mine])
+        )
 
+    def batch(self, step: int) -> dict[str, Tensor]:
+        """Batch `step` of this rank, a pure function of (seed, step, rank, world_size)."""
+        idx = _to(torch.from_numpy(self.sampler.batch(step)), self.data_device)
+        out = {"idx": _to(idx, self.device), "y": _to(self.labels[idx], self.device)}
+        for key, view in self.views.items():
+            if view == "weak":
+                x = self._crop_flip(step, _WEAK, idx)
+            elif view == "strong":
+                x = self._rand_augment(step, self._crop_flip(step, _STRONG_CROP, idx))
+            else:
+                raise ValueError(f"unknown view '{view}' (weak | strong)")
+            out[key] = normalize(_to(x, self.device), self.mean, self.std)
+        return out
 
-def _stream_loader(dataset: Dataset, sampler: StreamBatchSampler, num_workers: int) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
+    def __iter__(self) -> TrainStream:
+        return self
+
+    def __next__(self) -> dict[str, Tensor]:
+        batch = self.batch(self.step)
+        self.step += 1
+        return batch
 
 
 def make_train_loaders(
@@ -126,46 +199,107 @@ def make_train_loaders(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-    num_workers: int = 0,
     start_step: int = 0,
-) -> tuple[DataLoader, DataLoader]:
-    """Endless labeled ({"idx", "x", "y"}) and unlabeled ({"idx", "x_w", "x_s", "y"}) loaders.
+    device: torch.device | str = "cpu",
+    data_device: torch.device | str | None = None,
+    num_workers: int | None = None,
+) -> tuple[TrainStream, TrainStream]:
+    """Endless labeled {"x", "y", "idx"} and unlabeled {"x_w", "x_s", "y", "idx"} streams.
 
-    Labeled batches hold `batch_size` images per rank, unlabeled `mu * batch_size`; `start_step=s` makes
-    the first batch equal to batch s of a fresh stream.
+    Per rank and step: `batch_size` labeled weak views, `mu * batch_size` unlabeled weak + strong views;
+    x float32 [n, 3, H, W] normalised with (mean, std), y / idx int64 [n], all on `device`. The uint8
+    images are held and augmented on `data_device` (default `device`; "cpu" for sets that do not fit).
+    `start_step=s` makes the first batch equal to batch s of a fresh stream. `num_workers` is ignored
+    (views are made in batches; the argument is kept for one release).
     """
-    size = labeled.images.shape[1]
-    weak = weak_transform(size, mean, std)
-    strong = strong_transform(size, mean, std)
-    lab = _stream_loader(
-        AugmentedImages(labeled, {"x": weak}),
-        StreamBatchSampler(
-            len(labeled), batch_size, seed, LABELED_STREAM, rank, world_size, start_step
-        ),
-        num_workers,
-    )
-    unl = _stream_loader(
-        AugmentedImages(unlabeled, {"x_w": weak, "x_s": strong}),
-        StreamBatchSampler(
-            len(unlabeled), mu * batch_size, seed, UNLABELED_STREAM, rank, world_size, start_step
-        ),
-        num_workers,
+    del num_workers
+    common = dict(
+        mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, start_step=start_step,
+        device=device, data_device=data_device,
+    )  # fmt: skip
+    lab = TrainStream(labeled, batch_size, {"x": "weak"}, stream=LABELED_STREAM, **common)
+    unl = TrainStream(
+        unlabeled,
+        mu * batch_size,
+        {"x_w": "weak", "x_s": "strong"},
+        stream=UNLABELED_STREAM,
+        **common,
     )
     return lab, unl
 
 
-class EvalImages(Dataset):
-    """Normalised images in order, with their labels and positions."""
+def eval_positions(
+    num_items: int, batch_size: int, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """The test positions rank `rank` yields, batch after batch, with -1 for padding.
 
-    def __init__(self, images: ImageSet, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.images, self.transform = images, eval_transform(mean, std)
+    Round j covers positions [j*B*W, (j+1)*B*W) (the last round is shorter); each rank takes an equal
+    contiguous share m = ceil(round size / W) (= B in full rounds), rank r the r-th, padded with -1 to m
+    when world_size > 1. So every rank yields the same number of batches, batch j with the same size on
+    every rank, and concatenating batch j of ranks 0..W-1 and dropping the -1 entries gives positions
+    in order: over all batches, every position exactly once, ascending.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    out, per_round = [], batch_size * world_size
+    for start in range(0, num_items, per_round):
+        end = min(start + per_round, num_items)
+        m = -(-(end - start) // world_size)
+        lo, hi = min(start + rank * m, end), min(start + (rank + 1) * m, end)
+        take = np.arange(lo, hi, dtype=np.int64)
+        if world_size > 1 and len(take) < m:
+            take = np.concatenate([take, np.full(m - len(take), -1, dtype=np.int64)])
+        out.append(take)
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+class EvalLoader:
+    """This rank's shard of a test set as {"x", "y", "idx"} batches on `device`; iterable many times.
+
+    Order and padding: `eval_positions`. Padding rows (world_size > 1 only) have idx = -1 and y = -1,
+    and x = test image 0. After `accelerator.gather` of (idx, predictions) per batch, keep idx >= 0:
+    the rows are then test positions 0..N-1 in order.
+    """
+
+    def __init__(
+        self,
+        images: ImageSet,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.device, self.mean, self.std = _device(device), tuple(mean), tuple(std)
+        pos = eval_positions(len(images), batch_size, rank, world_size)
+        self.sizes = _batch_sizes(len(images), batch_size, world_size)
+        take = np.maximum(pos, 0)
+        self.images = images_to_tensor(images.images[take], self.device)
+        labels = np.where(pos >= 0, np.asarray(images.labels, dtype=np.int64)[take], -1)
+        self.labels = torch.from_numpy(labels).to(self.device)
+        self.idx = torch.from_numpy(pos).to(self.device)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.sizes)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        x = self.transform(self.images.images[index])
-        return {"x": x, "y": int(self.images.labels[index]), "idx": index}
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        start = 0
+        for n in self.sizes:
+            sl = slice(start, start + n)
+            x = normalize(self.images[sl], self.mean, self.std)
+            yield {"x": x, "y": self.labels[sl], "idx": self.idx[sl]}
+            start += n
+
+
+def _batch_sizes(num_items: int, batch_size: int, world_size: int) -> list[int]:
+    """Per-rank batch sizes of `eval_positions` (the same on every rank)."""
+    sizes, per_round = [], batch_size * world_size
+    for start in range(0, num_items, per_round):
+        sizes.append(-(-(min(per_round, num_items - start)) // world_size))
+    return sizes
 
 
 def make_eval_loader(
@@ -173,14 +307,24 @@ def make_eval_loader(
     batch_size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    num_workers: int = 0,
-) -> DataLoader:
-    """In-order {"x", "y", "idx"} batches; shard it with `accelerator.prepare`."""
-    return DataLoader(
-        EvalImages(images, mean, std),
-        batch_size=batch_size,
-        shuffle=False,
-        drop_last=False,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+) -> EvalLoader:
+    """This rank's shard of `images` as {"x" float32, "y" int64, "idx" int64} batches on `device`.
+
+    Layout (which positions, in which order, padding): `eval_positions`. With world_size 1 the batches
+    are simply positions [0, B), [B, 2B), ... `num_workers` is ignored (kept for one release).
+    """
+    del num_workers
+    if isinstance(device, int) and not isinstance(device, bool):
+        # the old signature's fifth positional argument was num_workers
+        warnings.warn(
+            "make_eval_loader's fifth argument is now `device`; an int is read as the old "
+            "num_workers and ignored (pass device=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        device = "cpu"
+    return EvalLoader(images, batch_size, mean, std, device, rank, world_size)

@@ -1,0 +1,82 @@
+"""FixMatch's views made for a whole batch at once, on whatever device holds the uint8 images.
+
+weak   = reflect-pad by `crop_padding(size)` (4 px at 32), random crop back to size, random horizontal flip
+strong = the same kind of crop/flip (its own draws), then `augment.rand_augment` (RandAugment + Cutout)
+eval   = nothing
+Every view ends with `normalize` (float32). Crop and flip are one gather from the unpadded uint8 images:
+padded coordinate u maps to source pixel reflect(u - pad), which is exactly reflect padding (no padded
+copy of the data set is kept). Random draws come only from the generator passed in.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def crop_padding(size: int) -> int:
+    """Reflect padding of the random crop: int(size * (1 - 0.875)), at least 1 px (4 at 32 px)."""
+    return max(1, int(size * 0.125))
+
+
+@functools.lru_cache(maxsize=32)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple:
+    """(shift, scale) with x_float = shift + x_uint8 * scale, built once per device (no copy per call)."""
+    m = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    return (-m / s).float().to(device), (1.0 / (255.0 * s)).float().to(device)
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 [N, 3, H, W] (0..255) -> float32 (x / 255 - mean) / std, on x's device."""
+    shift, scale = _affine(tuple(map(float, mean)), tuple(map(float, std)), x.device)
+    return torch.addcmul(shift, x.float(), scale)
+
+
+def _reflect(u: Tensor, n: int) -> Tensor:
+    """Source index of position u of a reflect-padded axis of length n (u already shifted by -pad)."""
+    u = u.abs()  # -1 -> 1, -2 -> 2 (reflect excludes the edge pixel)
+    return torch.where(u > n - 1, 2 * (n - 1) - u, u)
+
+
+def draw_crop_flip(
+    n: int, size: tuple[int, int], gen: torch.Generator, pad: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample (top, left) offsets into the padded image, in [0, 2 pad], and flip flags (bool).
+
+    Drawn from `gen` on its device, in the order top, left, flip. Streams draw them for the global
+    batch and keep their rank's slice, so a sample's draw does not depend on how the batch is split.
+    """
+    pad = crop_padding(min(size)) if pad is None else pad
+    dev = gen.device
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    flip = torch.randint(0, 2, (n,), generator=gen, device=dev).bool()
+    return top, left, flip
+
+
+def crop_flip(
+    images: Tensor, idx: Tensor, top: Tensor, left: Tensor, flip: Tensor, pad: int
+) -> Tensor:
+    """images[idx] reflect-padded by `pad`, cropped at (top, left) to the original size, then flipped
+    where `flip`: uint8 [B, C, H, W] from uint8 [N, C, H, W], one advanced-indexing gather.
+    """
+    _, c, h, w = images.shape
+    if pad >= min(h, w):
+        raise ValueError(f"reflect padding {pad} needs images larger than {pad} px, got {h}x{w}")
+    dev = images.device
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    rows = _reflect(top[:, None] + ar_h - pad, h)  # [B, H]
+    cols_in = torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # hflip of the crop
+    cols = _reflect(left[:, None] + cols_in - pad, w)  # [B, W]
+    b = idx.shape[0]
+    return images[
+        idx.view(b, 1, 1, 1),
+        torch.arange(c, device=dev).view(1, c, 1, 1),
+        rows.view(b, 1, h, 1),
+        cols.view(b, 1, 1, w),
+    ]
