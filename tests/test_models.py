@@ -10,7 +10,13 @@ from timm.models import save_for_hf
 
 import bacon_zoo.models as models
 from bacon_zoo.errors import UserError
-from bacon_zoo.models import BaconNet, BaconOutput, create_backbone, list_backbones
+from bacon_zoo.models import (
+    BaconNet,
+    BaconOutput,
+    create_backbone,
+    list_backbones,
+    plain_timm_spec,
+)
 
 torch.set_num_threads(2)
 
@@ -45,14 +51,19 @@ def test_registered_names():
         assert tuple(cfg.input_size) == ((3, 96, 96) if name == "wrn37_2" else (3, 32, 32))
 
 
-def test_wrn28_2_matches_fixmatch():
+def test_wrn28_2_matches_usb():
     m = timm.create_model("wrn28_2", num_classes=10)
-    assert 1.46e6 < n_params(m) < 1.48e6
+    assert n_params(m) == 1_467_626  # USB's WRN-28-2
     assert m.num_features == 128 and m.num_classes == 10
     bns = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
-    assert all(b.momentum == 0.001 and b.eps == 0.001 for b in bns)
+    assert all(b.momentum == 0.001 for b in bns)
+    assert m.bn1.eps == 1e-3 and all(b.eps == 1e-5 for b in bns if b is not m.bn1)
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert m.conv1.bias is not None and all(c.bias is None for c in convs if c is not m.conv1)
     acts = [a for a in m.modules() if isinstance(a, nn.LeakyReLU)]
     assert acts and all(a.negative_slope == 0.1 for a in acts)
+    first = [s.layer[0].activate_before_residual for s in m.stages]
+    assert first == [True, False, False]
     x = batch()
     fmap = m.forward_features(x)
     assert fmap.shape == (2, 128, 8, 8)
@@ -63,6 +74,46 @@ def test_wrn28_2_matches_fixmatch():
     assert cfg["mean"] == (0.4914, 0.4822, 0.4465) and cfg["std"] == (0.2471, 0.2435, 0.2616)
     assert timm.create_model("wrn28_2").num_classes == 10  # the cfg's default
     assert "block1.layer.0.convShortcut.weight" in m.state_dict()  # USB's parameter names
+    assert n_params(timm.create_model("wrn28_8", num_classes=100, device="meta")) == 23_401_028
+    assert n_params(timm.create_model("wrn37_2", num_classes=10, device="meta")) == 5_929_450
+
+
+def test_wrn_unused_bn_is_tied_with_zero_gradient():
+    """Stage 2/3 first blocks: bn1 runs (its running stats move, as in USB) and gets a zero gradient."""
+    m = timm.create_model("wrn28_2", num_classes=10).train()
+    bn = m.block2.layer[0].bn1
+    m(batch(4)).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert torch.all(bn.weight.grad == 0) and torch.all(bn.bias.grad == 0)
+    assert bn.num_batches_tracked.item() == 1 and not torch.all(bn.running_mean == 0)
+    assert bool(m.block1.layer[0].bn1.weight.grad.abs().sum() > 0)  # stage 1 uses its bn1
+
+
+def test_wrn_torchscript_and_intermediates():
+    m = timm.create_model("wrn28_2", num_classes=10).eval()
+    x = batch()
+    with torch.no_grad():
+        ref = m(x)
+        assert torch.equal(torch.jit.script(m)(x), ref)
+        final, inter = m.forward_intermediates(x)
+        assert torch.equal(final, m.forward_features(x))
+        assert [t.shape[1] for t in inter] == [16, 32, 64, 128]
+        last = m.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)
+        assert torch.equal(last[0], final)
+        early = m.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+        assert torch.equal(early[0], inter[1])
+
+
+def test_factory_device_dtype():
+    """timm passes device/dtype to every model; the CIFAR stem must follow them too."""
+    for name in ("wrn28_2", "resnet18_cifar", "vit_tiny_patch4_32"):
+        m = timm.create_model(name, device="meta", dtype=torch.bfloat16)
+        tensors = [*m.parameters(), *m.buffers()]
+        assert all(t.device.type == "meta" for t in tensors), name
+        assert all(t.dtype == torch.bfloat16 for t in m.parameters()), name
+    m = timm.create_model("resnet18_cifar", dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        assert m(batch().bfloat16()).dtype == torch.bfloat16
 
 
 def test_wrn37_2_is_usb_stl10_variant():
@@ -172,15 +223,29 @@ def test_bacon_net_init_and_attributes():
         10,
         16,
     )
+    assert net.head_init == "default"
     assert net.num_features == 128 and net.backbone.num_classes == 0
     assert net.head_for("main") is net.head and net.head_for("abc") is net.head_abc
-    for linear in (net.head, net.head_abc, net.proj):  # xavier normal, zero bias (USB's WRN init)
+    assert torch.all(net.head.bias == 0)  # the main head is USB's WRN classifier: xavier, zero bias
+    bound = 1 / 128**0.5  # PyTorch's default Linear init (the release's ABC head and projection)
+    for linear in (net.head_abc, net.proj):
+        assert not torch.all(linear.bias == 0) and linear.bias.abs().max() <= bound
+        assert linear.weight.abs().max() <= bound
+    family = BaconNet("wrn28_2", num_classes=10, head_init="family")
+    assert family.head_init == "family"
+    for linear in (
+        family.head,
+        family.head_abc,
+        family.proj,
+    ):  # xavier normal, zero bias (USB's WRN init)
         assert torch.all(linear.bias == 0)
     assert isinstance(net.proj, nn.Linear)  # no BN / activation / normalisation
     with pytest.raises(UserError, match="choose main or abc"):
         net.head_for("aux")
     with pytest.raises(UserError, match="num_classes"):
         BaconNet("wrn28_2", 10, backbone_kwargs={"num_classes": 5})
+    with pytest.raises(UserError, match="unknown head_init 'xavier'; choose default or family"):
+        BaconNet("wrn28_2", 10, head_init="xavier")
 
 
 def test_bacon_net_from_module():
@@ -267,3 +332,58 @@ def test_pretrained_loads_parent_weights(monkeypatch, name, source):
 
 def test_models_package_reexports():
     assert models.create_backbone is create_backbone and models.BaconNet is BaconNet
+    assert models.plain_timm_spec is plain_timm_spec
+
+
+def test_plain_timm_spec_structure():
+    assert plain_timm_spec("vit_tiny_patch4_32") == (
+        "vit_tiny_patch16_224",
+        {"img_size": 32, "patch_size": 4},
+    )
+    assert plain_timm_spec("vit_tiny_patch2_32.augreg_in21k_ft_in1k")[1]["patch_size"] == 2
+    for name in ("wrn28_2", "wrn37_2", "resnet18_cifar", "resnet18", "nope"):
+        assert plain_timm_spec(name) is None
+    for name in ("vit_tiny_patch4_32", "vit_small_patch4_32", "vit_tiny_patch2_32"):
+        parent, args = plain_timm_spec(name)
+        ours = timm.create_model(name, num_classes=10, device="meta").state_dict()
+        theirs = timm.create_model(parent, num_classes=10, device="meta", **args).state_dict()
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+_PLAIN_TIMM_CHILD = """
+import sys
+import safetensors.torch, timm, torch
+assert "bacon_zoo" not in sys.modules
+parent, args, weights, inputs, out = sys.argv[1], eval(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+model = timm.create_model(parent, num_classes=10, **args).eval()
+model.load_state_dict(safetensors.torch.load_file(weights), strict=True)
+with torch.no_grad():
+    logits = model(safetensors.torch.load_file(inputs)["x"])
+safetensors.torch.save_file({"logits": logits}, out)
+assert "bacon_zoo" not in sys.modules
+"""
+
+
+def test_plain_timm_spec_loads_in_plain_timm(tmp_path):
+    """Our ViT's weights load strictly into timm's parent in a fresh interpreter without bacon_zoo."""
+    import subprocess
+    import sys
+
+    import safetensors.torch
+
+    ours = timm.create_model("vit_tiny_patch4_32", num_classes=10).eval()
+    x = batch()
+    safetensors.torch.save_file(ours.state_dict(), tmp_path / "w.safetensors")
+    safetensors.torch.save_file({"x": x}, tmp_path / "x.safetensors")
+    parent, args = plain_timm_spec("vit_tiny_patch4_32")
+    script = tmp_path / "child.py"
+    script.write_text(_PLAIN_TIMM_CHILD)
+    files = [str(tmp_path / f) for f in ("w.safetensors", "x.safetensors", "out.safetensors")]
+    subprocess.run(
+        [sys.executable, str(script), parent, repr(args), *files],
+        check=True,
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )
+    with torch.no_grad():
+        assert torch.equal(safetensors.torch.load_file(files[2])["logits"], ours(x))

@@ -3,5 +3,16 @@
 from . import resnet_cifar, vit_small, wrn  # noqa: F401  (registers the models in timm)
 from .bacon_net import BaconNet, BaconOutput
 from .factory import create_backbone, list_backbones
+from .usb import UsbWeights, bacon_net_from_usb, convert_usb_state_dict
+from .vit_small import plain_timm_spec
 
-__all__ = ["BaconNet", "BaconOutput", "create_backbone", "list_backbones"]
+__all__ = [
+    "BaconNet",
+    "BaconOutput",
+    "UsbWeights",
+    "bacon_net_from_usb",
+    "convert_usb_state_dict",
+    "create_backbone",
+    "list_backbones",
+    "plain_timm_spec",
+]

@@ -5,8 +5,6 @@ The backbone is a timm model built with `num_classes=0`, so it returns pooled fe
 back into a plain timm classifier (`to_timm_classifier`) for export to `timm.create_model("hf-hub:...")`.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import timm
@@ -19,6 +17,8 @@ from bacon_zoo.errors import UserError
 from .factory import create_backbone
 from .wrn import WideResNet
 from .wrn import init_weights as wrn_init
+
+HEAD_INITS = ("default", "family")
 
 
 class BaconOutput(NamedTuple):
@@ -49,6 +49,10 @@ class BaconNet(nn.Module):
         proj_dim: d, the projection size (16 in the latest release, 32 in the first).
         pretrained: load the backbone's pretrained weights (names only).
         backbone_kwargs: passed to `timm.create_model` (names only), e.g. {"drop_path_rate": 0.1}.
+        head_init: "default": the ABC head and the projection keep PyTorch's `nn.Linear` init, as in the
+            release; "family": they get the backbone family's classifier init (xavier for WRNs, trunc
+            normal for ViTs). The main head always gets the family's init (it is the backbone's
+            classifier in the release).
     """
 
     def __init__(
@@ -58,8 +62,11 @@ class BaconNet(nn.Module):
         proj_dim: int = 16,
         pretrained: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
+        head_init: str = "default",
     ) -> None:
         super().__init__()
+        if head_init not in HEAD_INITS:
+            raise UserError(f"unknown head_init '{head_init}'; choose {' or '.join(HEAD_INITS)}")
         if num_classes < 1 or proj_dim < 1:
             raise UserError(
                 f"need num_classes >= 1 and proj_dim >= 1, got {num_classes} and {proj_dim}"
@@ -92,6 +99,7 @@ class BaconNet(nn.Module):
         self.backbone_kwargs = backbone_kwargs
         self.num_classes = num_classes
         self.proj_dim = proj_dim
+        self.head_init = head_init
         # pre-logits width: differs from num_features for models with a head MLP/conv or concat pooling
         self.num_features = dim = (
             getattr(backbone, "head_hidden_size", None) or backbone.num_features
@@ -99,8 +107,10 @@ class BaconNet(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         self.head_abc = nn.Linear(dim, num_classes)
         self.proj = nn.Linear(dim, proj_dim)
-        for linear in (self.head, self.head_abc, self.proj):
-            _init_like_family(backbone, linear)
+        _init_like_family(backbone, self.head)
+        if head_init == "family":
+            _init_like_family(backbone, self.head_abc)
+            _init_like_family(backbone, self.proj)
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:

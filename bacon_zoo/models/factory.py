@@ -5,8 +5,6 @@ and model kwargs work as in timm. What this adds is errors a user can act on: a 
 names, missing weights get one line instead of a Hub traceback.
 """
 
-from __future__ import annotations
-
 import difflib
 from typing import Any
 

@@ -9,8 +9,6 @@ timm's loader; `conv1` is adapted by `checkpoint_filter_fn` below, `fc` is dropp
 count differs.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
@@ -36,8 +34,17 @@ def cifar_resnet(**kwargs: Any) -> ResNet:
             "or use a plain timm ResNet (e.g. resnet18d)"
         )
     model = ResNet(**kwargs)
-    stem_chs = model.conv1.out_channels
-    model.conv1 = nn.Conv2d(model.in_chans, stem_chs, 3, stride=1, padding=1, bias=False)
+    old = model.conv1.weight  # the new conv goes where timm put the old one (device, dtype, meta)
+    model.conv1 = nn.Conv2d(
+        model.in_chans,
+        old.shape[0],
+        3,
+        stride=1,
+        padding=1,
+        bias=False,
+        device=old.device,
+        dtype=old.dtype,
+    )
     nn.init.kaiming_normal_(
         model.conv1.weight, mode="fan_out", nonlinearity="relu"
     )  # as ResNet.init_weights

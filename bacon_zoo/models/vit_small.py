@@ -6,15 +6,13 @@ embedding (FlexiViT pseudo-inverse resize, 16 -> 4 or 2) and the position embedd
 16x16) itself.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-__all__: list[str] = []
+__all__ = ["plain_timm_spec"]
 
 
 def _cfg(source: str, **kwargs: Any) -> dict[str, Any]:
@@ -65,22 +63,48 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:
     )
 
 
+# ours -> (timm's 224 px parent, the args that turn the parent into ours); the one source for both
+# the registered models below and `plain_timm_spec`
+_PARENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vit_tiny_patch4_32": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=4)),
+    "vit_small_patch4_32": ("vit_small_patch16_224", dict(img_size=32, patch_size=4)),
+    "vit_tiny_patch2_32": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=2)),
+}
+_PARENT_ARGS = {  # what the parents' timm entry points set (checked against timm in the tests)
+    "vit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+}
+
+
+def plain_timm_spec(model_name: str) -> tuple[str, dict[str, Any]] | None:
+    """timm's own architecture and model_args that build `model_name` without this package.
+
+    `timm.create_model(parent, **model_args)` is structurally identical to our model (same modules, same
+    state dict), so a checkpoint exported under the parent's name loads in plain timm. None for models that
+    only exist after `import bacon_zoo` (WRNs, CIFAR ResNets) or that aren't ours. A `.tag` is ignored.
+    """
+    parent = _PARENTS.get(model_name.split(".", 1)[0])
+    return None if parent is None else (parent[0], dict(parent[1]))
+
+
+def _vit(name: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:
+    parent, args = _PARENTS[name]
+    return _create(name, pretrained, **{**_PARENT_ARGS[parent], **args, **kwargs})
+
+
 @register_model
 def vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-Ti/4 at 32 px (64 tokens + cls)."""
-    args = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
-    return _create("vit_tiny_patch4_32", pretrained, **dict(args, **kwargs))
+    return _vit("vit_tiny_patch4_32", pretrained, **kwargs)
 
 
 @register_model
 def vit_small_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-S/4 at 32 px (64 tokens + cls)."""
-    args = dict(img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6)
-    return _create("vit_small_patch4_32", pretrained, **dict(args, **kwargs))
+    return _vit("vit_small_patch4_32", pretrained, **kwargs)
 
 
 @register_model
 def vit_tiny_patch2_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """ViT-Ti/2 at 32 px (256 tokens + cls): 4x the tokens of patch 4, for more spatial detail."""
-    args = dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3)
-    return _create("vit_tiny_patch2_32", pretrained, **dict(args, **kwargs))
+    return _vit("vit_tiny_patch2_32", pretrained, **kwargs)
