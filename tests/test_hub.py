@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,21 +25,27 @@ import torch
 from huggingface_hub import ModelCard, metadata_load
 
 import bacon_zoo.models  # noqa: F401  (registers wrn28_2 in timm)
-from bacon_zoo.config import TrainConfig, save_config
+from bacon_zoo.cli import build_parser
+from bacon_zoo.config import TrainConfig
 from bacon_zoo.errors import UserError
 from bacon_zoo.hub import cli as hub_cli
 from bacon_zoo.hub import zoo
-from bacon_zoo.hub.card import METRICS, card_metrics, setting_string
-from bacon_zoo.hub.export import eval_head, export_run, load_bacon_net, load_bacon_net_weights
-from bacon_zoo.hub.hubio import load_pretrained, predict
-from bacon_zoo.models import BaconNet
+from bacon_zoo.hub.card import METRICS, card_metrics, contrastive_summary, never_engaged_note
+from bacon_zoo.hub.export import export_changes, export_run
+from bacon_zoo.hub.hubio import load_pretrained, predict, push, retry_command
+from bacon_zoo.hub.names import model_name, setting_string, setting_tag
 from bacon_zoo.metrics import summarize
+from bacon_zoo.models import BaconNet
+from bacon_zoo.run import RunDir
+from bacon_zoo.run.weights import load_bacon_net, load_bacon_net_weights
+from bacon_zoo.train.checkpoint import CUSTOM_OBJECTS, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "frog"]
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 STEP = 20
 SIZE = 16  # small inputs keep the CPU forwards cheap (WRN pools globally)
+NAME = "wrn28_2.bacon_c10lt_n20m40g10_s3"  # the default name of the run below
 
 
 def _tree_digest(folder: Path, skip: str | None = None) -> dict[str, str]:
@@ -49,23 +56,34 @@ def _tree_digest(folder: Path, skip: str | None = None) -> dict[str, str]:
     }
 
 
-def _make_run(run: Path, algorithm: str = "bacon") -> BaconNet:
+def _write_checkpoint(ckpt: Path, net: torch.nn.Module) -> None:
+    """A complete checkpoint folder: every registered object (the EMA one real) and the manifest."""
+    ckpt.mkdir(parents=True)
+    for i, obj in enumerate(CUSTOM_OBJECTS):
+        state = {"module." + k: v for k, v in net.state_dict().items()} if obj == "ema" else {}
+        torch.save(state, ckpt / f"custom_checkpoint_{i}.pkl")
+    write_manifest(ckpt)
+
+
+def _make_run(
+    run: Path, algorithm: str = "bacon", backbone: str = "wrn28_2", size: int = SIZE
+) -> BaconNet:
     """A run directory as the trainer leaves it, with a random (but BN-calibrated) EMA BaconNet."""
     torch.manual_seed(0)
-    net = BaconNet("wrn28_2", num_classes=3, proj_dim=16)
+    net = BaconNet(backbone, num_classes=3, proj_dim=16)
     with torch.no_grad():  # distinct heads and non-trivial BN statistics
-        net.train()(torch.randn(8, 3, SIZE, SIZE))
+        net.train()(torch.randn(8, 3, size, size))
         net.head_abc.weight.normal_(0, 0.5)
     net.eval()
     cfg = TrainConfig(
-        algorithm=algorithm, dataset="cifar10", n1=20, m1=40, imb_ratio_l=10, imb_ratio_u=10,
-        steps=STEP, batch_size=4, mu=2, eval_every=10, seed=3, image_size=SIZE,
+        algorithm=algorithm, backbone=backbone, dataset="cifar10", n1=20, m1=40, imb_ratio_l=10,
+        imb_ratio_u=10, steps=STEP, batch_size=4, mu=2, eval_every=10, seed=3, image_size=size,
     )  # fmt: skip
     run.mkdir(parents=True)
-    save_config(cfg, run / "config.yaml")
+    RunDir(run).write_config(cfg)
     data = {
         "dataset": "cifar10", "num_classes": 3, "class_names": CLASSES, "mean": MEAN, "std": STD,
-        "image_size": SIZE, "labeled_counts": [20, 6, 2], "unlabeled_counts": [40, 12, 4],
+        "image_size": size, "labeled_counts": [20, 6, 2], "unlabeled_counts": [40, 12, 4],
         "num_test": 30,
     }  # fmt: skip
     (run / "data.json").write_text(json.dumps(data))
@@ -78,17 +96,13 @@ def _make_run(run: Path, algorithm: str = "bacon") -> BaconNet:
     ]  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarize(rows) | {
-        "status": "complete", "steps": STEP, "algorithm": algorithm, "backbone": "wrn28_2",
+        "status": "complete", "steps": STEP, "algorithm": algorithm, "backbone": backbone,
         "dataset": "cifar10", "seed": 3, "params": sum(p.numel() for p in net.parameters()),
-        "images_per_s": 123.4, "num_processes": 1, "mixed_precision": "no",
+        "images_per_s": 123.4, "num_processes": 1, "mixed_precision": "bf16", "precision": "fp32",
         "labeled_counts": data["labeled_counts"], "eval_head": "main" if algorithm == "fixmatch" else "abc",
     }  # fmt: skip
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
-    ckpt = run / "checkpoints" / f"step_{STEP:07d}"
-    ckpt.mkdir(parents=True)
-    torch.save(
-        {"module." + k: v for k, v in net.state_dict().items()}, ckpt / "custom_checkpoint_1.pkl"
-    )
+    _write_checkpoint(run / "checkpoints" / f"step_{STEP:07d}", net)
     (run / "analysis").mkdir()
     (run / "analysis" / "analysis.md").write_text("# analysis\n")
     (run / "analysis" / "tsne.png").write_bytes(b"\x89PNG fake")
@@ -151,9 +165,25 @@ def test_export_is_a_timm_repo_giving_the_ema_eval_head(exported):
         torch.testing.assert_close(loaded(x), ref.logits_abc, rtol=0, atol=0)
 
 
-def test_eval_head_follows_the_algorithm():
-    assert eval_head({}, "fixmatch") == "main" and eval_head({}, "bacon") == "abc"
-    assert eval_head({"eval_head": "main"}, "abc") == "main"
+def test_names_encode_the_setting():
+    cfg = TrainConfig(algorithm="bacon", n1=1500, m1=3000, imb_ratio_l=100, imb_ratio_u=100)
+    assert model_name(cfg.to_dict()) == "wrn28_2.bacon_c10lt_n1500m3000g100_s0"
+    names = {
+        model_name(TrainConfig(**kw).to_dict())
+        for kw in (
+            {}, {"seed": 1}, {"n1": 500}, {"m1": None}, {"imb_ratio_u": 1.0}, {"reverse_u": True},
+            {"imb_ratio_l": 10, "imb_ratio_u": 10}, {"algorithm": "abc"}, {"dataset": "cifar100"},
+            {"include_labeled_in_unlabeled": True}, {"backbone": "hf-hub:timm/resnet18.a1_in1k"},
+        )
+    }  # fmt: skip
+    assert len(names) == 11  # every setting its own name
+    assert setting_tag("stl10", 450, None, 10, 10) == "stl10lt_n450mallg10"
+    assert setting_tag("cifar10", 1500, 3000, 100, 1) == "c10lt_n1500m3000g100u1"
+    assert setting_tag("cifar10", 1500, 3000, 100, 100, reverse_u=True) == "c10lt_n1500m3000g100r"
+    assert setting_tag("uoft-cs/cifar100", 150, 300, 10, 0.5) == "c100lt_n150m300g10u0p5"
+    assert setting_tag("/data/My Set/", 10, 20, 2, 2) == "my_setlt_n10m20g2"
+    hf = model_name(TrainConfig(backbone="hf-hub:timm/resnet18.a1_in1k", algorithm="abc").to_dict())
+    assert hf == "resnet18.abc_c10lt_n1000m4000g100_s0"
 
 
 def test_init_from_round_trip_and_mismatch(exported):
@@ -235,7 +265,9 @@ def test_card_parses_back_with_the_run_numbers(exported):
     text = (out / "README.md").read_text()
     for needle in ("arXiv", "2403.12986", "Feng, Qianhan", "official_quirks", "analysis/analysis.md",
                    "per_class_accuracy.png", "| frog | 2 | 4 |", "20 steps x 4 labeled + 8 unlabeled",
-                   "hf-hub:<org>/wrn28_2.bacon_cifar10_lt", "`steps`: 20 (release: 300000)"):  # fmt: skip
+                   f"hf-hub:<org>/{NAME}", "`steps`: 20 (release: 300000)",
+                   "Training protocol: `release-v2`", "trained in precision `fp32`",
+                   "import bacon_zoo", "is a bacon-zoo architecture"):  # fmt: skip
         assert needle in text, needle
 
 
@@ -287,29 +319,26 @@ def test_zoo_add_table_and_conflicts(exported, tmp_path, monkeypatch, capsys):
     assert "empty" in capsys.readouterr().out
     summary = json.loads((exported["out"] / "summary.json").read_text())
     entry = zoo.add(exported["out"])
-    assert entry["name"] == "wrn28_2.bacon_cifar10_lt" and entry["status"] == "trained here"
+    assert entry["name"] == NAME and entry["status"] == "trained here"
+    assert entry["protocol"] == "release-v2" and entry["precision"] == "fp32"
     assert (entry["top1"], entry["balanced"], entry["tail"]) == (
         summary["best_top1"], summary["best"]["balanced_acc"], summary["best"]["tail"],
     )  # fmt: skip
     card = tmp_path / entry["card"]
-    assert (
-        card.is_file() and "(wrn28_2.bacon_cifar10_lt/per_class_accuracy.png)" in card.read_text()
-    )
+    assert card.is_file() and f"({NAME}/per_class_accuracy.png)" in card.read_text()
     assert (card.parent / entry["name"] / "per_class_accuracy.png").is_file()
-    entry = zoo.add(exported["out"], hub_id="me/wrn28_2.bacon_cifar10_lt", pushed=True)
+    entry = zoo.add(exported["out"], hub_id=f"me/{NAME}", pushed=True)
     assert len(zoo.load_index()["models"]) == 1 and entry["status"] == "pushed"
-    assert "hf-hub:me/wrn28_2.bacon_cifar10_lt" in card.read_text()
+    assert f"hf-hub:me/{NAME}" in card.read_text()
     args.func(args)
     table = capsys.readouterr().out
-    assert "wrn28_2.bacon_cifar10_lt" in table and "50.00" in table and "pushed" in table
+    assert NAME in table and "50.00" in table and "pushed" in table
     other = json.loads(json.dumps(zoo.load_index()))
     other["models"][0]["seed"] = 99
     zoo.save_index(other)
     with pytest.raises(UserError, match="--tag"):
         zoo.add(exported["out"])
-    assert (
-        zoo.add(exported["out"], tag="bacon_cifar10_lt_s3")["name"] == "wrn28_2.bacon_cifar10_lt_s3"
-    )
+    assert zoo.add(exported["out"], tag="bacon_mine_s3")["name"] == "wrn28_2.bacon_mine_s3"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,17 +387,18 @@ def test_push_pull_load_and_zoo_tag_through_a_fake_hub(exported, tmp_path):
     model, cfg = load_pretrained("hf-hub:org/wrn28_2.bacon_test")
     with torch.no_grad():
         res["hub_logits"] = (model(x) - ref).abs().max().item()
-    # the zoo tag: an entry pushed to this hub becomes timm's wrn28_2.bacon_test
+    # a zoo name resolves on demand through the index, timm's registry is never touched
     zoo.add(out, hub_id="org/wrn28_2.bacon_test", pushed=True)
-    res["registered"] = zoo.register_zoo_tags()
-    res["not_default"] = not timm.models.is_model_pretrained("wrn28_2")
-    tagged = timm.create_model("wrn28_2.bacon_test", pretrained=True).eval()
+    res["not_registered"] = not timm.models.is_model_pretrained("wrn28_2")
+    loaded, _ = load_pretrained("wrn28_2.bacon_test")
+    with torch.no_grad():
+        res["tag_loader_logits"] = (loaded(x) - ref).abs().max().item()
+    # the same in plain timm: the architecture with the entry's pretrained_cfg_overlay
+    tagged = timm.create_model("wrn28_2", pretrained=True, num_classes=3,
+                               pretrained_cfg_overlay=zoo.pretrained_cfg_overlay("wrn28_2.bacon_test")).eval()
     with torch.no_grad():
         res["tag_logits"] = (tagged(x) - ref).abs().max().item()
     res["tag_labels"] = list(tagged.pretrained_cfg["label_names"])
-    loaded, _ = load_pretrained("wrn28_2.bacon_test")  # the zoo tag through bacon_zoo's loader
-    with torch.no_grad():
-        res["tag_loader_logits"] = (loaded(x) - ref).abs().max().item()
     try:
         push(out, "org/readonly-model")
     except UserError as e:
@@ -393,13 +423,19 @@ def test_push_pull_load_and_zoo_tag_through_a_fake_hub(exported, tmp_path):
         summary[w][by_type[t]] == v for w, t, v in res["card_results"]
     )
     assert max(res["hub_logits"], res["tag_logits"], res["tag_loader_logits"]) == 0.0
-    assert res["registered"] == ["wrn28_2.bacon_test"] and res["not_default"]
+    assert res["not_registered"]
     assert res["tag_labels"] == CLASSES
     assert (
         "\n" not in res["refused"]
         and "HTTP 403" in res["refused"]
         and "unchanged" in res["refused"]
     )
+    retry = res["refused"].split("retry: ", 1)[1]  # the suggested command parses with the real CLI
+    argv = shlex.split(retry)
+    assert argv[0] == "bacon-zoo"
+    parsed = build_parser().parse_args(argv[1:])
+    assert parsed.func is hub_cli.run_push and parsed.repo_id == "org/readonly-model"
+    assert Path(parsed.export_dir) == out
     assert _tree_digest(out) == before  # neither push touched the local export
 
 
@@ -432,3 +468,166 @@ def test_export_of_an_unfinished_run_rebuilds_its_summary(exported, tmp_path):
     assert "not complete" in (out / "README.md").read_text()
     assert json.loads((out / "bacon_net.json").read_text())["name"] == "wrn28_2.partial"
     assert not (run / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# push: token first, a retry command that parses
+
+
+def test_push_without_a_token_fails_before_any_network_call(exported, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+
+    def no_network(*a, **k):
+        raise AssertionError("network call before the token check")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_network)
+    with pytest.raises(UserError, match="no Hugging Face token") as e:
+        push(exported["out"], "me/model", private=True, revision="v1")
+    msg = str(e.value)
+    assert "\n" not in msg and "HF_TOKEN" in msg
+    args = build_parser().parse_args(shlex.split(msg.split("retry: ", 1)[1])[1:])
+    assert (args.repo_id, args.private, args.revision) == ("me/model", True, "v1")
+
+
+def test_retry_command_parses_with_odd_paths():
+    cmd = retry_command("my runs/it's here/export", "org/m", private=True, revision="dev")
+    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert args.export_dir == "my runs/it's here/export" and args.revision == "dev" and args.private
+
+
+# ---------------------------------------------------------------------------------------------
+# re-export: never delete what the export did not write
+
+
+def test_reexport_replaces_only_an_untouched_export(exported, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(exported["run"], run)  # with its export
+    out = run / "export"
+    assert export_changes(out) == []
+    assert bacon_main(["export", str(run)]) == 0  # untouched: replaced silently
+    assert export_changes(out) == [] and not list(run.glob("export.old-*"))
+
+    (out / "notes.txt").write_text("mine")
+    card = (out / "README.md").read_text()
+    (out / "README.md").write_text(card + "\nhand edit\n")
+    before = _tree_digest(run)
+    with pytest.raises(UserError, match="--force") as e:
+        export_run(run)
+    assert "\n" not in str(e.value) and "notes.txt added" in str(e.value)
+    assert "README.md changed" in str(e.value)
+    assert _tree_digest(run) == before  # nothing replaced, nothing deleted
+
+    export_run(run, force=True)  # the old one moved aside, intact
+    old = run / "export.old-1"
+    assert (old / "notes.txt").read_text() == "mine" and "hand edit" in (
+        old / "README.md"
+    ).read_text()
+    assert export_changes(out) == [] and not (out / "notes.txt").exists()
+    (out / "extra.txt").write_text("x")
+    export_run(run, force=True)
+    assert (run / "export.old-2" / "extra.txt").is_file() and (old / "notes.txt").is_file()
+
+
+def bacon_main(argv: list[str]) -> int:
+    from bacon_zoo.cli import main
+
+    return main(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# honest BaCon cards
+
+
+def test_contrastive_summary_counts_and_never_engaged():
+    recipe = {"algorithm": "bacon", "steps": 300, "bacon": {"start": 0.5}}
+    diag = {
+        "con_steps": 40,
+        "con_anchors": 10.0,
+        "con_centers": 8.0,
+        "center_valid": [True] * 9 + [False],
+    }
+    rows = [{"step": 200, "diagnostics": diag},
+            {"step": 300, "diagnostics": diag | {"con_steps": 60, "con_anchors": 20.0, "con_centers": 10.0}}]  # fmt: skip
+    c = contrastive_summary(recipe, rows)
+    assert c["scheduled_steps"] == 149 and c["engaged_steps"] == 100 and c["engaged"]
+    assert c["anchors"] == pytest.approx(16.0) and c["centers"] == pytest.approx(9.2)
+    assert c["valid_centers_last"] == 9 and never_engaged_note(c) is None
+    zero = [{"step": 300, "diagnostics": {"con_steps": 0}}]
+    assert contrastive_summary(recipe, zero)["engaged"] is False
+    assert "never engaged" in never_engaged_note(contrastive_summary(recipe, zero))
+    assert contrastive_summary(recipe, [{"step": 300}])["engaged"] is None  # not recorded: unknown
+    late = {"algorithm": "bacon", "steps": 10, "bacon": {"start": 1.0}}
+    assert contrastive_summary(late, [])["engaged"] is False  # never scheduled
+    assert contrastive_summary({"algorithm": "abc", "steps": 10}, []) is None
+
+
+def test_bacon_card_that_never_engaged_says_so_first(exported, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(exported["run"], run, ignore=shutil.ignore_patterns("export"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["diagnostics"] = {"con_steps": 0, "center_valid": [False, False, False]}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(recipe.replace("protocol: release-v2\n", ""))  # an older run
+    out = export_run(run)
+    body = (out / "README.md").read_text().split("---\n", 2)[2].lstrip().splitlines()
+    assert body[0] == f"# {NAME}" and "never engaged" in body[2] and "earlier" in body[4]
+    assert "Valid class centers at the last evaluation: 0 of 3" in (out / "README.md").read_text()
+    monkeypatch.setenv(zoo.INDEX_ENV, str(tmp_path / "cards" / "index.json"))
+    entry = zoo.add(out)
+    assert entry["contrastive"]["engaged"] is False and entry["protocol"] == "v1"
+    table = zoo.format_table(zoo.load_index())
+    assert "BaCon term never engaged" in table and "earlier network" in table
+
+
+# ---------------------------------------------------------------------------------------------
+# plain timm: ViT exports, and what `import bacon_zoo` does
+
+
+def test_vit_export_loads_in_plain_timm_without_bacon_zoo(tmp_path):
+    run = tmp_path / "vit_run"
+    net = _make_run(run, backbone="vit_tiny_patch4_32", size=32)
+    out = export_run(run)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "vit_tiny_patch16_224"
+    assert cfg["model_args"]["img_size"] in (32, [32, 32]) and cfg["model_args"]["patch_size"] == 4
+    assert "bacon-zoo is not needed" in (out / "README.md").read_text()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = net(x).logits_abc
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = f"""
+    import sys, numpy as np, timm, torch
+    torch.set_num_threads(1)
+    model = timm.create_model("local-dir:{out}", pretrained=True).eval()
+    x = torch.from_numpy(np.load({str(tmp_path / "x.npy")!r}))
+    with torch.no_grad():
+        np.save({str(tmp_path / "got.npy")!r}, model(x).numpy())
+    assert not [m for m in sys.modules if m.startswith("bacon_zoo")], "bacon_zoo was imported"
+    print("OK")
+    """
+    env = _hub_env(tmp_path) | {"PYTHONPATH": ""}  # bacon_zoo is not importable from here
+    proc = _run_py(code, env)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "got.npy")), ref, rtol=0, atol=0)
+
+
+def test_import_bacon_zoo_only_registers_models(tmp_path):
+    (tmp_path / "index.json").write_text("{ not json")  # would warn or fail if it were read
+    code = """
+    import sys, warnings, timm
+    warnings.simplefilter("error")
+    before = {n: timm.models.get_pretrained_cfg(n) for n in ("resnet18", "vit_tiny_patch16_224")}
+    import bacon_zoo
+    assert timm.is_model("wrn28_2") and not timm.models.is_model_pretrained("wrn28_2.bacon_cifar10_lt")
+    assert not [m for m in sys.modules if m.startswith("bacon_zoo.hub")], "import bacon_zoo imported hub"
+    assert before == {n: timm.models.get_pretrained_cfg(n) for n in before}
+    assert callable(bacon_zoo.load_pretrained)
+    print("OK")
+    """
+    proc = _run_py(code, _hub_env(tmp_path, BACON_ZOO_INDEX=str(tmp_path / "index.json")))
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

@@ -1,29 +1,26 @@
 """Export, model cards and the Hub: a run becomes a timm Hub repo; the zoo index lists them.
 
-`export_run` (run dir -> timm folder + full BaconNet + card), `push` / `pull` (huggingface_hub),
-`load_pretrained` / `predict` (timm), `load_bacon_net_weights` (`--init-from`). Attributes load lazily
-so importing this package costs nothing until one is used.
+`export_run` (run dir -> timm folder + full BaconNet + card), `import_usb` (a USB / BaCon-release
+checkpoint -> the same folder), `push` / `pull` (huggingface_hub), `load_pretrained` / `predict` (timm).
+The weight loaders the trainer needs (`load_bacon_net_weights`, `verify_safetensors`) live below it, in
+`bacon_zoo.run.weights`. These modules import torch / timm / huggingface_hub inside their functions, so
+importing this package is cheap.
 """
 
-from __future__ import annotations
+from bacon_zoo.hub.export import export_run
+from bacon_zoo.hub.hubio import load_pretrained, predict, pull, push
+from bacon_zoo.hub.names import model_name
+from bacon_zoo.hub.usb import import_usb
+from bacon_zoo.run.weights import load_bacon_net, load_bacon_net_weights
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "export_run": "bacon_zoo.hub.export",
-    "load_bacon_net_weights": "bacon_zoo.hub.export",
-    "load_bacon_net": "bacon_zoo.hub.export",
-    "push": "bacon_zoo.hub.hubio",
-    "pull": "bacon_zoo.hub.hubio",
-    "load_pretrained": "bacon_zoo.hub.hubio",
-    "predict": "bacon_zoo.hub.hubio",
-    "register_zoo_tags": "bacon_zoo.hub.zoo",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'bacon_zoo.hub' has no attribute '{name}'")
+__all__ = [
+    "export_run",
+    "import_usb",
+    "load_bacon_net",
+    "load_bacon_net_weights",
+    "load_pretrained",
+    "model_name",
+    "predict",
+    "pull",
+    "push",
+]

@@ -2,17 +2,32 @@
 
 Every number in a card is read from the export's own copies of the run's files (recipe.yaml, data.json,
 summary.json, metrics.jsonl, bacon_net.json), never typed in, so a card can always be rebuilt from its
-folder (`push` does that to put the real repo id in the usage snippets).
+folder (`push` does that to put the real repo id in the usage snippets). A card says which training
+protocol produced the run, the precision it really trained in, which loading path needs
+`import bacon_zoo`, and, for BaCon, whether the contrastive term ever took part in training.
+
+Contrastive-term counts come from each metrics.jsonl record's `diagnostics` (one evaluation window):
+`con_steps` (steps in the window whose contrastive loss had at least one anchor), `con_anchors` (mean
+anchors in the loss over those steps) and `con_centers` (mean valid class centers over those steps);
+`center_valid` (per-class flags at the evaluation) is used when they are absent.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import read_json, read_jsonl
+from bacon_zoo.hub.names import (
+    NET_CONFIG,
+    PLOT,
+    RECIPE,
+    dataset_slug,
+    needs_bacon_zoo,
+    setting_string,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard
@@ -28,6 +43,13 @@ HEADS = {
     "main": "the EMA model's main head h (the head FixMatch evaluates)",
 }
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10", "svhn": "SVHN"}
+# which code produced a run (config.yaml `protocol`; runs without the key predate it)
+PROTOCOLS = {
+    "release-v2": "the release's protocol: USB's WRN, the release's weight-decay groups, its "
+    "RandAugment/Cutout strong view, SVHN train+extra, STL-10 unlabeled + labeled-train",
+    "v1": "the earlier bacon-zoo network and protocol (a WRN that is not USB's, weight decay on every "
+    "parameter, timm's RandAugment); numbers are not comparable with release-protocol runs",
+}
 # summary key -> (model-index metric type, readable name)
 METRICS = {
     "top1": ("accuracy", "Top-1 accuracy"),
@@ -39,8 +61,8 @@ METRICS = {
 # keys of the training protocol (spec, "Training protocol of the release"); the dataclass defaults are it
 PROTOCOL_KEYS = (
     "steps", "batch_size", "mu", "lr", "lr_schedule", "warmup_steps", "momentum", "nesterov",
-    "weight_decay", "ema_decay", "image_size", "eval_every", "max_eval_samples", "pretrained",
-    "include_labeled_in_unlabeled", "fixmatch", "abc", "bacon",
+    "weight_decay", "weight_decay_all", "ema_decay", "image_size", "eval_every", "max_eval_samples",
+    "pretrained", "include_labeled_in_unlabeled", "fixmatch", "abc", "bacon",
 )  # fmt: skip
 CITATION = """\
 @inproceedings{feng2024bacon,
@@ -65,7 +87,7 @@ DIFFERENCES = (
 
 
 # ---------------------------------------------------------------------------------------------
-# names and settings
+# small formatters and data-set names
 
 
 def _num(x: Any) -> str:
@@ -81,27 +103,10 @@ def _count(x: Any) -> str:
     return f"{x:,}" if isinstance(x, int) else "n/a"
 
 
-def setting_string(recipe: dict) -> str:
-    """The long-tailed setting as one string, e.g. `N1=1000,M1=4000,gamma_l=100,gamma_u=100`."""
-    m1 = recipe.get("m1")
-    gu = _num(recipe.get("imb_ratio_u"))
-    parts = [
-        f"N1={recipe.get('n1')}",
-        f"M1={'all' if m1 is None else m1}",
-        f"gamma_l={_num(recipe.get('imb_ratio_l'))}",
-        f"gamma_u={'1/' + gu if recipe.get('reverse_u') else gu}",
-    ]
-    if recipe.get("include_labeled_in_unlabeled"):
-        parts.append("labeled_in_unlabeled")
-    return ",".join(parts)
-
-
 def dataset_hub_id(dataset: str) -> str | None:
     """The Hub data set behind a preset name or a Hub id; None for local folders and in-process data."""
-    try:
-        from bacon_zoo.data.sources import PRESETS
-    except ImportError:  # the data module is optional for cards
-        PRESETS = {}
+    from bacon_zoo.data.sources import PRESETS
+
     if dataset in PRESETS:
         return getattr(PRESETS[dataset], "hub_id", None)
     if "/" in dataset and not Path(dataset).exists() and not dataset.startswith((".", "/", "~")):
@@ -110,10 +115,17 @@ def dataset_hub_id(dataset: str) -> str | None:
 
 
 def dataset_title(dataset: str) -> str:
-    from bacon_zoo.hub.export import dataset_slug
-
     slug = dataset_slug(dataset)
     return DATASET_TITLES.get(slug, slug)
+
+
+def protocol_of(recipe: dict) -> str:
+    return str(recipe.get("protocol") or "v1")
+
+
+def precision_of(summary: dict) -> str:
+    """The precision the run really trained in (summary `precision`, else accelerate's setting)."""
+    return str(summary.get("precision") or summary.get("mixed_precision") or "n/a")
 
 
 def eval_results(summary: dict, recipe: dict, num_test: int | None) -> list[EvalResult]:
@@ -150,69 +162,124 @@ def eval_results(summary: dict, recipe: dict, num_test: int | None) -> list[Eval
 
 
 # ---------------------------------------------------------------------------------------------
-# per-class plot
+# per-class plot and the contrastive term
 
 
 def plot_per_class(
     path: Path,
-    class_names: Sequence[str],
-    labeled_counts: Sequence[int],
-    per_class: Sequence[float | None],
+    class_names: list[str],
+    labeled_counts: list[int] | None,
+    unlabeled_counts: list[int] | None,
+    per_class: list[float | None],
     title: str,
 ) -> bool:
-    """Bar chart of per-class accuracy with the labeled count per class; False without matplotlib."""
+    """The card's per-class accuracy figure (bacon_zoo.analysis.plots); False without matplotlib."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+        from bacon_zoo.analysis.plots import plot_per_class_accuracy
+    except ImportError:  # matplotlib is the `plots` extra
         return False
-    k = len(per_class)
-    acc = [float("nan") if v is None else float(v) for v in per_class]
-    fig = Figure(figsize=(min(16.0, max(6.0, 0.4 * k + 2.0)), 3.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.bar(range(k), acc, color="#4C72B0", label="test accuracy")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("test accuracy (%)")
-    counts = list(labeled_counts) if len(labeled_counts) == k else None
-    if k <= 30:  # class names with their labeled counts under the bars
-        names = [str(c) for c in class_names][:k]
-        ticks = [f"{n}\n({c})" for n, c in zip(names, counts)] if counts else names
-        ax.set_xticks(range(k), ticks, rotation=45 if k > 10 else 0, fontsize=8)
-        ax.set_xlabel("class (labeled images)" if counts else "class")
-    else:  # too many names: the labeled count as a line on a second axis
-        ax.set_xlabel("class index")
-        if counts:
-            ax2 = ax.twinx()
-            ax2.plot(range(k), counts, "-", color="#DD8452", lw=1.5)
-            ax2.set_ylabel("labeled images", color="#DD8452")
-    ax.set_title(title, fontsize=9)
-    bottom = 0.22 if k <= 10 else (0.3 if k <= 30 else 0.15)
-    fig.subplots_adjust(left=0.1 if k <= 30 else 0.06, right=0.9, bottom=bottom, top=0.88)
-    fig.savefig(path, dpi=110)
+    plot_per_class_accuracy(
+        per_class, labeled_counts or None, unlabeled_counts or None, class_names, path, title=title
+    )
     return True
+
+
+def contrastive_summary(recipe: dict, history: list[dict]) -> dict[str, Any] | None:
+    """For a BaCon run: how many steps the contrastive term was scheduled, how many it really had
+    anchors in its loss, with how many anchors and valid centers on average (None for other
+    algorithms). `engaged` is True / False, or None when the run did not record the counts."""
+    if recipe.get("algorithm") != "bacon":
+        return None
+    b = recipe.get("bacon") or {}
+    steps, start = int(recipe.get("steps") or 0), float(b.get("start", 0.5))
+    # the term is on for steps t (0-based) with t > start * T
+    scheduled = max(0, steps - (math.floor(start * steps) + 1))
+    diags = [r.get("diagnostics") or {} for r in history]
+    out: dict[str, Any] = {"start": start, "scheduled_steps": scheduled}
+    windows = [d for d in diags if isinstance(d.get("con_steps"), int)]
+    if windows:
+        engaged = sum(d["con_steps"] for d in windows)
+
+        def mean(key: str) -> float | None:
+            pairs = [(d["con_steps"], d.get(key)) for d in windows if d["con_steps"]]
+            pairs = [(n, v) for n, v in pairs if isinstance(v, (int, float))]
+            return sum(n * v for n, v in pairs) / sum(n for n, _ in pairs) if pairs else None
+
+        out |= {
+            "engaged_steps": engaged,
+            "anchors": mean("con_anchors"),
+            "centers": mean("con_centers"),
+            "engaged": engaged > 0,
+        }
+    else:
+        out["engaged"] = False if scheduled == 0 else None
+    valid = next((d["center_valid"] for d in reversed(diags) if "center_valid" in d), None)
+    if isinstance(valid, list):
+        out["valid_centers_last"] = sum(bool(v) for v in valid)
+        out["num_classes"] = len(valid)
+    return out
+
+
+def _contrastive_lines(c: dict[str, Any]) -> list[str]:
+    lines = [
+        f"- Contrastive term scheduled for {c['scheduled_steps']:,} steps (from {_num(c['start'])} T)."
+    ]
+    if "engaged_steps" in c:
+        lines.append(
+            f"- It had anchors in its loss on {c['engaged_steps']:,} steps"
+            + (
+                f", with {c['anchors']:.1f} anchors and {c['centers']:.1f} valid class centers on "
+                "average over those steps."
+                if c.get("anchors") is not None and c.get("centers") is not None
+                else "."
+            )
+        )
+    else:
+        lines.append(
+            "- This run did not record how many steps the term had anchors (its metrics.jsonl has "
+            "no `con_steps` counts)."
+        )
+    if "valid_centers_last" in c:
+        lines.append(
+            f"- Valid class centers at the last evaluation: {c['valid_centers_last']} of "
+            f"{c['num_classes']}."
+        )
+    return lines
+
+
+def never_engaged_note(c: dict[str, Any] | None) -> str | None:
+    """The warning a BaCon card opens with when its contrastive term never took part in training."""
+    if not c or c.get("engaged") is not False:
+        return None
+    why = (
+        "it was never scheduled within the run's steps"
+        if c["scheduled_steps"] == 0
+        else "no step had an anchor in its loss"
+    )
+    return (
+        f"**Warning: BaCon's contrastive term never engaged in this run ({why}).** This checkpoint "
+        "was trained as FixMatch + ABC; it is no evidence for or against BaCon."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the card
 
 
-def _load_export(export_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    from bacon_zoo.hub.export import NET_CONFIG, read_json
-    from bacon_zoo.fileio import read_jsonl as read_metrics
+def load_export(export_dir: Path) -> dict[str, Any]:
+    """The files of an export a card is built from, read with one-line errors."""
+    from bacon_zoo.config import yaml_load
 
     fix = "it is not a complete bacon-zoo export; export the run again"
-    recipe_path = export_dir / "recipe.yaml"
+    recipe_path = export_dir / RECIPE
     if not recipe_path.is_file():
         raise UserError(f"{recipe_path} is missing; {fix}")
     return {
-        "recipe": yaml.safe_load(recipe_path.read_text()) or {},
+        "recipe": yaml_load(recipe_path.read_text()) or {},
         "data": read_json(export_dir / "data.json", "the data description", fix),
         "summary": read_json(export_dir / "summary.json", "the run summary", fix),
         "net": read_json(export_dir / NET_CONFIG, "the BaconNet description", fix),
-        "history": read_metrics(export_dir / "metrics.jsonl"),
+        "history": read_jsonl(export_dir / "metrics.jsonl"),
     }
 
 
@@ -275,15 +342,67 @@ def _results_table(summary: dict) -> list[str]:
     return lines
 
 
+def loading_lines(architecture: str, repo: str) -> list[str]:
+    """The card's "How to use" code, with or without `import bacon_zoo` as the architecture needs."""
+    import bacon_zoo.models  # noqa: F401  (so the check sees the architectures bacon-zoo registers)
+
+    needs = needs_bacon_zoo(architecture)
+    why = (
+        [
+            f"`{architecture}` is a bacon-zoo architecture (the CIFAR WRNs and CIFAR-stem ResNets are "
+            "not in timm itself): `import bacon_zoo` registers it in timm, then timm loads the "
+            "checkpoint as usual.",
+        ]
+        if needs
+        else [
+            f"`{architecture}` is timm's own architecture (built with the `model_args` in config.json), "
+            "so plain timm loads this checkpoint; bacon-zoo is not needed.",
+        ]
+    )
+    return [
+        *why,
+        "",
+        "```python",
+        "import timm",
+        *(
+            ["import bacon_zoo  # registers bacon-zoo's small-image architectures in timm"]
+            if needs
+            else []
+        ),
+        "",
+        f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()',
+        "data_cfg = timm.data.resolve_model_data_config(model)",
+        "transform = timm.data.create_transform(**data_cfg, is_training=False)",
+        'labels = model.pretrained_cfg["label_names"]',
+        '# a local copy of this folder: timm.create_model("local-dir:path/to/folder", pretrained=True)',
+        "```",
+        "",
+        "With bacon-zoo installed, `bacon_zoo.load_pretrained(...)` also verifies the files and returns "
+        "the data config; the command line:",
+        "",
+        "```bash",
+        f"bacon-zoo predict hf-hub:{repo} cat.png dog.jpg --topk 3",
+        f"bacon-zoo pull {repo}   # download (cached)",
+        f"bacon-zoo train --recipe recipe.yaml --init-from hf-hub:{repo}   # continue training",
+        "```",
+        "",
+    ]
+
+
 def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     """The `ModelCard` of an export folder; `hub_id` (ORG/NAME) fills the usage snippets."""
     from huggingface_hub import ModelCard, ModelCardData
 
     export_dir = Path(export_dir)
-    f = _load_export(export_dir)
-    recipe, data, summary, net, history = (
-        f[k] for k in ("recipe", "data", "summary", "net", "history")
+    net = read_json(
+        export_dir / NET_CONFIG,
+        "the BaconNet description",
+        "it is not a complete bacon-zoo export; export the run again",
     )
+    if net.get("imported"):
+        return build_imported_card(export_dir, net, hub_id)
+    f = load_export(export_dir)
+    recipe, data, summary, history = (f[k] for k in ("recipe", "data", "summary", "history"))
     name = net.get("name") or export_dir.name
     algorithm = recipe.get("algorithm", summary.get("algorithm", "bacon"))
     dataset = recipe["dataset"]
@@ -296,6 +415,10 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     row = next((r for r in reversed(history) if r.get("step") == step), None)
     procs = int(summary.get("num_processes") or 1)
     steps, batch, mu = int(recipe["steps"]), int(recipe["batch_size"]), int(recipe["mu"])
+    protocol = protocol_of(recipe)
+    arch = net.get("architecture", recipe.get("backbone"))
+    con = contrastive_summary(recipe, history)
+    warning = never_engaged_note(con)
 
     card_data = ModelCardData(
         library_name="timm",
@@ -308,6 +431,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
             "semi-supervised-learning",
             "class-imbalance",
             algorithm,
+            f"protocol-{protocol}",
         ],
         datasets=[ds_hub] if ds_hub else None,
         base_model=base_model,
@@ -317,8 +441,12 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     )
 
     L: list[str] = [f"# {name}", ""]
+    if warning:
+        L += [warning, ""]
+    if protocol != "release-v2":
+        L += [f"**Produced by {PROTOCOLS.get(protocol, protocol)} (protocol `{protocol}`).**", ""]
     L += [
-        f"A `{net.get('architecture', recipe.get('backbone'))}` image classifier for "
+        f"A `{arch}` image classifier for "
         f"{data['num_classes']} classes, trained with **{ALGORITHMS.get(algorithm, algorithm)}** on a "
         f"long-tailed labeled/unlabeled split of {dataset_title(dataset)} (`{dataset}`, {setting}) with "
         "bacon-zoo, a timm/accelerate model zoo for class-imbalanced semi-supervised learning.",
@@ -327,6 +455,8 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         f"`{net.get('checkpoint')}`) with {HEADS.get(head, head)} as its classifier. "
         "`bacon_net.safetensors` holds the full BaCon network (backbone, both heads, projection) "
         "for continued training.",
+        "",
+        f"Training protocol: `{protocol}` ({PROTOCOLS.get(protocol, 'unknown')}).",
     ]
     if summary.get("status") != "complete":
         L += [
@@ -347,8 +477,8 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         "Head / medium / tail: classes ranked by labeled count and cut into thirds.",
         "",
     ]
-    if (export_dir / "per_class_accuracy.png").is_file():
-        L += ["![per-class test accuracy](per_class_accuracy.png)", ""]
+    if (export_dir / PLOT).is_file():
+        L += [f"![per-class test accuracy]({PLOT})", ""]
     else:
         try:
             import matplotlib  # noqa: F401
@@ -391,8 +521,9 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         f"{recipe.get('warmup_steps')} steps), momentum {_num(recipe.get('momentum'))}"
         f"{' Nesterov' if recipe.get('nesterov') else ''}, weight decay "
         f"{_num(recipe.get('weight_decay'))}, EMA {_num(recipe.get('ema_decay'))}",
-        f"- {recipe.get('image_size')} px inputs, precision `{summary.get('mixed_precision', 'n/a')}`, "
-        f"seed {recipe.get('seed')}"
+        f"- {recipe.get('image_size')} px inputs, trained in precision `{precision_of(summary)}`"
+        + (f" on {summary['device']}" if summary.get("device") else "")
+        + f", seed {recipe.get('seed')}"
         + (f", median throughput {ips:,.0f} images/s" if isinstance(ips, (int, float)) else ""),
     ]
     if algorithm == "bacon":
@@ -407,33 +538,15 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         "The full config is `recipe.yaml` (`bacon-zoo train --recipe recipe.yaml` repeats the run).",
         "",
     ]
+    if con is not None:
+        L += ["## The contrastive term in this run", "", *_contrastive_lines(con), ""]
 
-    L += ["## How to use", ""]
-    L += [
-        "```python",
-        "import timm",
-        "import bacon_zoo  # registers bacon-zoo's small-image architectures in timm",
-        "",
-        f'model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()',
-        "data_cfg = timm.data.resolve_model_data_config(model)",
-        "transform = timm.data.create_transform(**data_cfg, is_training=False)",
-        'labels = model.pretrained_cfg["label_names"]',
-        "",
-        "# or, with checks (corrupt files are refused) and the data config in one call:",
-        f'model, data_cfg = bacon_zoo.load_pretrained("hf-hub:{repo}")',
-        '# a local copy of this folder: "local-dir:path/to/folder"',
-        "```",
-        "",
-        "```bash",
-        f"bacon-zoo predict hf-hub:{repo} cat.png dog.jpg --topk 3",
-        f"bacon-zoo pull {repo}   # download (cached)",
-        f"bacon-zoo train --recipe recipe.yaml --init-from hf-hub:{repo}   # continue training",
-        "```",
-        "",
-    ]
+    L += ["## How to use", "", *loading_lines(arch, repo)]
 
     L += ["## Differences from the released code", ""]
     L += [f"- {d}" for d in DIFFERENCES]
+    if protocol != "release-v2":
+        L += [f"- This run predates the release protocol: {PROTOCOLS.get(protocol, protocol)}."]
     quirks = (recipe.get("bacon") or {}).get("official_quirks")
     L += [f"- This run: `bacon.official_quirks` is {'on' if quirks else 'off'}."]
     diff = _protocol_diff(recipe)
@@ -447,6 +560,54 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     L += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(L)
     return ModelCard(content)
+
+
+def build_imported_card(export_dir: Path, net: dict, hub_id: str | None = None) -> ModelCard:
+    """The card of a checkpoint imported from USB / the BaCon release: where it came from, no claims."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    src = net["imported"]
+    name = net.get("name") or export_dir.name
+    arch = net.get("architecture", net.get("backbone"))
+    repo = hub_id or f"<org>/{name}"
+    heads = (
+        "the release's wrapper (backbone, main head, ABC head, projection); the timm classifier "
+        "here is the ABC head, `bacon_net.safetensors` holds the full network"
+        if net.get("eval_head") == "abc"
+        else "a plain WRN; the timm classifier here is its classifier"
+    )
+    card_data = ModelCardData(
+        library_name="timm",
+        license="apache-2.0",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "timm", "bacon-zoo", "usb-import"],
+        model_name=hub_id or name,
+    )
+    L = [
+        f"# {name}",
+        "",
+        f"Imported with `bacon-zoo import-usb` from a USB / BaCon-release checkpoint: `{src['file']}` "
+        f"(sha256 `{src['sha256']}`), state dict `{src['key']}`"
+        + (f", iteration {src['it']}" if src.get("it") is not None else "")
+        + ".",
+        "",
+        f"A `{arch}` with {net.get('num_classes')} classes; the checkpoint is {heads}.",
+        "",
+        "This card makes no accuracy claim: bacon-zoo did not train or evaluate this checkpoint, and "
+        "the training data, split and protocol are whatever produced the source file. The timm "
+        "classifier gives exactly the logits the source checkpoint gives in USB.",
+        "",
+        "## How to use",
+        "",
+        *loading_lines(arch, repo),
+        "## Citation",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(L))
 
 
 def card_metrics(card_path: str | Path) -> dict[tuple[str, str], float]:

@@ -1,4 +1,4 @@
-"""`bacon-zoo export | push | pull | predict | zoo`: the Hub side of the zoo.
+"""`bacon-zoo export | import-usb | push | pull | predict | zoo`: the Hub side of the zoo.
 
 Each command imports torch / timm / huggingface_hub inside its function, so `bacon-zoo --help` stays fast.
 """
@@ -13,15 +13,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a run as a timm Hub repo folder (weights, config.json, model card)",
         description="Writes RUN_DIR/export (or --out): the EMA model's evaluation head as a timm "
-        "classifier, the full BaconNet, the run's records and a model card. Atomic.",
+        "classifier, the full BaconNet, the run's records, a model card and export_manifest.json. "
+        "Atomic. An export you changed (files added or edited) is never replaced without --force.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="export folder (default: RUN_DIR/export)")
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint dir (default: the latest)")
     p.add_argument(
-        "--name", metavar="ARCH.TAG", help="model name (default e.g. wrn28_2.bacon_cifar10_lt)"
+        "--name",
+        metavar="ARCH.TAG",
+        help="model name (default from the setting, e.g. wrn28_2.bacon_c10lt_n1000m4000g100_s0)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an export that was changed by hand: the old one is moved to EXPORT.old-N",
     )
     p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser(
+        "import-usb",
+        help="turn a USB / BaCon-release checkpoint into a timm export folder",
+        description="Loads a USB torch.save checkpoint safely (weights_only), maps its state dict "
+        "(plain WRN or the release's wrapper) and writes the folder `bacon-zoo export` writes: "
+        'timm.create_model("local-dir:DIR", pretrained=True) then gives the checkpoint\'s logits.',
+    )
+    p.add_argument(
+        "checkpoint", metavar="CKPT", help="the .pth file (a dict with model, ema_model, ...)"
+    )
+    p.add_argument("--arch", required=True, help="the network: wrn28_2, wrn28_8 or wrn37_2")
+    p.add_argument("--num-classes", required=True, type=int, metavar="K")
+    p.add_argument("--out", required=True, metavar="DIR", help="the export folder to write")
+    p.add_argument(
+        "--key",
+        default="ema_model",
+        choices=("ema_model", "model"),
+        help="which state dict (default ema_model: USB evaluates the EMA)",
+    )
+    p.add_argument("--name", metavar="ARCH.TAG", help="model name (default ARCH.usb_<file stem>)")
+    p.add_argument("--class-names", metavar="A,B,...", help="comma-separated class names")
+    p.add_argument(
+        "--force", action="store_true", help="replace a changed DIR (moved to DIR.old-N)"
+    )
+    p.set_defaults(func=run_import_usb)
 
     p = subparsers.add_parser(
         "push",
@@ -78,7 +112,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from bacon_zoo.hub.export import export_run
 
-    out = export_run(args.run_dir, out_dir=args.out, checkpoint=args.checkpoint, name=args.name)
+    out = export_run(
+        args.run_dir, out_dir=args.out, checkpoint=args.checkpoint, name=args.name, force=args.force
+    )
+    print(out)
+    return 0
+
+
+def run_import_usb(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.usb import import_usb
+
+    names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+    out = import_usb(
+        args.checkpoint,
+        args.arch,
+        args.num_classes,
+        args.out,
+        key=args.key,
+        name=args.name,
+        class_names=names,
+        force=args.force,
+    )
     print(out)
     return 0
 

@@ -1,16 +1,12 @@
 """The zoo: `model_cards/index.json` lists every checkpoint this project trained, one entry per export.
 
 Entries are only ever written by `bacon-zoo zoo add EXPORT_DIR` (or `push --add-to-zoo`), from the
-export's own summary and config, so the table holds real runs only. Entries with status "pushed" become
-timm pretrained tags at `import bacon_zoo`: `timm.create_model("wrn28_2.bacon_cifar10_lt",
-pretrained=True)` downloads the entry's Hub repo the timm way.
-
-How a tag is added to an existing architecture: timm's `register_model(fn)` registers every tag found in
-`default_cfgs[fn.__name__]` of the entrypoint's module (a `DefaultCfg`, as `generate_default_cfgs`
-builds). `register_pretrained_tag` appends the new tag (never as the default) to a copy of that
-`DefaultCfg` and calls `register_model` on the same entrypoint again: timm clears the old entries and
-re-registers all tags, so `list_pretrained`, `is_model_pretrained`, `get_pretrained_cfg` and
-`create_model("arch.tag", pretrained=True)` see it; only public timm API is used.
+export's own summary and config, so the table holds real runs only. The index is read on demand, never
+at `import bacon_zoo`: a zoo name (`wrn28_2.bacon_c10lt_n1500m3000g100_s0`) given to
+`bacon_zoo.load_pretrained` / `bacon-zoo predict` is looked up here (`hub_id_of`) and loaded through
+timm's public `hf-hub:` path; timm's own registry is never modified. `pretrained_cfg_overlay(name)`
+gives the same through plain timm:
+`timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=overlay)`.
 `BACON_ZOO_INDEX` points at another index file (tests, private zoos).
 """
 
@@ -20,19 +16,26 @@ import json
 import os
 import re
 import shutil
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import read_json, read_jsonl, write_json
+from bacon_zoo.hub.names import (
+    CARD,
+    NET_CONFIG,
+    PLOT,
+    RECIPE,
+    TIMM_CONFIG,
+    arch_of,
+    is_tag,
+    setting_string,
+)
 
 INDEX_ENV = "BACON_ZOO_INDEX"
-STATUSES = ("trained here", "pushed")
 INDEX_FORMAT = 1
 NOTE = "top-1: best evaluation over training (the paper's convention); balanced, tail: at that evaluation."
-_TAG = re.compile(r"[a-z0-9][a-z0-9_]*")
-# pretrained_cfg keys copied from an export's config.json into a zoo tag
+# pretrained_cfg keys copied from an export's config.json into an entry
 _CFG_KEYS = (
     "input_size",
     "mean",
@@ -46,7 +49,7 @@ _CFG_KEYS = (
 
 
 def index_path() -> Path:
-    """`$BACON_ZOO_INDEX`, else `model_cards/index.json` next to the package."""
+    """`$BACON_ZOO_INDEX`, else `model_cards/index.json` of the source checkout."""
     env = os.environ.get(INDEX_ENV)
     return Path(env) if env else Path(__file__).resolve().parents[2] / "model_cards" / "index.json"
 
@@ -65,13 +68,39 @@ def load_index(path: Path | None = None) -> dict:
 
 
 def save_index(index: dict, path: Path | None = None) -> None:
-    """Write atomically (temp file + rename), entries sorted by name."""
-    path = path or index_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically, entries sorted by name."""
     index["models"] = sorted(index["models"], key=lambda e: e["name"])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path or index_path(), index)
+
+
+def find(name: str, path: Path | None = None) -> dict | None:
+    return next((e for e in load_index(path)["models"] if e.get("name") == name), None)
+
+
+def hub_id_of(name: str, path: Path | None = None) -> str:
+    """The Hub repo of zoo entry `name`, or a one-line error saying why it can't be loaded."""
+    entry = find(name, path)
+    if entry is None:
+        raise UserError(
+            f"'{name}' is not in the zoo ({path or index_path()}; see `bacon-zoo zoo`); give an "
+            "export folder, local-dir:PATH or hf-hub:ORG/NAME"
+        )
+    if not entry.get("hub_id"):
+        raise UserError(
+            f"zoo entry '{name}' was trained here but never pushed, so it has no weights to "
+            "download; export the run and load the folder, or push it (`bacon-zoo push`)"
+        )
+    return str(entry["hub_id"])
+
+
+def pretrained_cfg_overlay(name: str, path: Path | None = None) -> dict[str, Any]:
+    """timm's `pretrained_cfg_overlay` that loads zoo entry `name` from its Hub repo, for
+    `timm.create_model(entry['architecture'], pretrained=True, pretrained_cfg_overlay=...,
+    num_classes=..., **entry['model_args'])` in plain timm."""
+    entry = find(name, path) or {}
+    cfg = dict(entry.get("pretrained_cfg") or {})
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    return cfg | {"hf_hub_id": hub_id_of(name, path), "url": None, "file": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,51 +108,56 @@ def save_index(index: dict, path: Path | None = None) -> None:
 
 
 def _read(export_dir: Path) -> dict[str, Any]:
-    import yaml
+    from bacon_zoo.config import yaml_load
 
-    from bacon_zoo.hub.export import NET_CONFIG, read_json
-
-    fix = f"{export_dir} is not a complete export; run `bacon-zoo export RUN_DIR` again"
-    if not (export_dir / "recipe.yaml").is_file() or not (export_dir / "README.md").is_file():
-        raise UserError(f"{export_dir} has no recipe.yaml / README.md; {fix.split('; ', 1)[1]}")
+    fix = "run `bacon-zoo export RUN_DIR` again"
+    if not (export_dir / RECIPE).is_file() or not (export_dir / CARD).is_file():
+        raise UserError(
+            f"{export_dir} has no {RECIPE} / {CARD}; it is not a complete export: {fix}"
+        )
+    what = f"{export_dir} is not a complete export; {fix}"
     return {
-        "net": read_json(export_dir / NET_CONFIG, "the BaconNet description", fix),
-        "summary": read_json(export_dir / "summary.json", "the run summary", fix),
-        "config": read_json(export_dir / "config.json", "the timm config", fix),
-        "recipe": yaml.safe_load((export_dir / "recipe.yaml").read_text()) or {},
+        "net": read_json(export_dir / NET_CONFIG, "the BaconNet description", what),
+        "summary": read_json(export_dir / "summary.json", "the run summary", what),
+        "config": read_json(export_dir / TIMM_CONFIG, "the timm config", what),
+        "recipe": yaml_load((export_dir / RECIPE).read_text()) or {},
+        "history": read_jsonl(export_dir / "metrics.jsonl"),
     }
 
 
 def _entry_name(net: dict, hub_id: str | None, tag: str | None) -> str:
-    arch = net["architecture"]
+    arch = arch_of(net.get("backbone") or net["architecture"])
     if tag:
-        if not _TAG.fullmatch(tag):
+        if not is_tag(tag):
             raise UserError(
-                f"--tag '{tag}' must be lower-case letters, digits and _ (e.g. bacon_cifar10_lt)"
+                f"--tag '{tag}' must be lower-case letters, digits and _ (e.g. bacon_c10lt_n1500m3000g100_s0)"
             )
         return f"{arch}.{tag}"
     repo_name = hub_id.rsplit("/", 1)[-1] if hub_id else ""
-    if repo_name.startswith(f"{arch}.") and _TAG.fullmatch(repo_name.split(".", 1)[1]):
+    if repo_name.startswith(f"{arch}.") and is_tag(repo_name.split(".", 1)[1]):
         return repo_name
     return net.get("name") or f"{arch}.bacon_zoo"
 
 
 def _copy_card(export_dir: Path, cards_dir: Path, name: str, hub_id: str | None) -> Path:
-    """model_cards/<name>.md (+ model_cards/<name>/ for its images), links rewritten to match."""
+    """model_cards/<name>.md (+ model_cards/<name>/ for its images), links rewritten to match. The card
+    is rebuilt for `hub_id` unless it was edited by hand (then it is copied as it is)."""
     from bacon_zoo.hub.card import build_card
+    from bacon_zoo.hub.export import export_changes
 
     assets = cards_dir / name
     shutil.rmtree(assets, ignore_errors=True)
+    edited = any(c.startswith(f"{CARD} ") for c in export_changes(export_dir))
     text = (
         str(build_card(export_dir, hub_id=hub_id))
-        if hub_id
-        else (export_dir / "README.md").read_text()
+        if hub_id and not edited
+        else (export_dir / CARD).read_text()
     )
     copied = []
-    if (export_dir / "per_class_accuracy.png").is_file():
+    if (export_dir / PLOT).is_file():
         assets.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(export_dir / "per_class_accuracy.png", assets / "per_class_accuracy.png")
-        copied.append("per_class_accuracy.png")
+        shutil.copy2(export_dir / PLOT, assets / PLOT)
+        copied.append(PLOT)
     if (export_dir / "analysis").is_dir():
         shutil.copytree(export_dir / "analysis", assets / "analysis")
         copied.append("analysis/")
@@ -134,6 +168,18 @@ def _copy_card(export_dir: Path, cards_dir: Path, name: str, hub_id: str | None)
     return card
 
 
+def entry_note(entry: dict) -> str:
+    """What a reader of the zoo table must know before trusting a number (empty when nothing)."""
+    notes = []
+    if (entry.get("contrastive") or {}).get("engaged") is False:
+        notes.append("BaCon term never engaged")
+    if entry.get("twin_identical"):
+        notes.append(f"scores exactly as {entry['twin_identical']}")
+    if entry.get("protocol", "v1") != "release-v2":
+        notes.append(f"earlier network (protocol {entry.get('protocol', 'v1')})")
+    return "; ".join(notes)
+
+
 def add(
     export_dir: str | Path,
     hub_id: str | None = None,
@@ -142,7 +188,8 @@ def add(
     path: Path | None = None,
 ) -> dict:
     """Add (or update) the index entry of an export and copy its card; returns the entry."""
-    from bacon_zoo.hub.card import setting_string
+    from bacon_zoo.hub.card import contrastive_summary, precision_of, protocol_of
+    from bacon_zoo.hub.names import needs_bacon_zoo
 
     export_dir = Path(export_dir)
     if pushed and not hub_id:
@@ -165,6 +212,7 @@ def add(
         "hub_id": hub_id,
         "backbone": recipe.get("backbone"),
         "architecture": net["architecture"],
+        "needs_bacon_zoo": needs_bacon_zoo(net["architecture"]),
         "algorithm": recipe.get("algorithm"),
         "dataset": recipe.get("dataset"),
         "setting": setting_string(recipe),
@@ -173,14 +221,17 @@ def add(
         "batch_size": recipe.get("batch_size"),
         "mu": recipe.get("mu"),
         "num_processes": summary.get("num_processes"),
+        "protocol": protocol_of(recipe),
+        "precision": precision_of(summary),
         "top1": summary.get("best_top1", best.get("top1")),
         "balanced": best.get("balanced_acc"),
         "tail": best.get("tail"),
         "best_step": summary.get("best_step"),
         "last_top1": last.get("top1"),
+        "contrastive": contrastive_summary(recipe, f["history"]),
         "status": "pushed" if pushed else "trained here",
         "card": "",
-        "model_args": {k: v for k, v in (net.get("backbone_kwargs") or {}).items()},
+        "model_args": dict(config.get("model_args") or {}),
         "pretrained_cfg": pretrained_cfg,
     }
     old = next((e for e in index["models"] if e["name"] == name), None)
@@ -199,6 +250,7 @@ def add(
         if hub_id is None:
             entry["hub_id"] = old.get("hub_id")
             entry["status"] = old.get("status", entry["status"])
+    entry["note"] = entry_note(entry)
     card = _copy_card(export_dir, path.parent, name, entry["hub_id"])
     entry["card"] = os.path.relpath(card, path.parent.parent)  # model_cards/<name>.md
     index["models"] = [e for e in index["models"] if e["name"] != name] + [entry]
@@ -229,6 +281,7 @@ def format_table(index: dict, markdown: bool = False) -> str:
         "balanced",
         "tail",
         "status",
+        "note",
     ]
     rows = [
         [
@@ -242,6 +295,7 @@ def format_table(index: dict, markdown: bool = False) -> str:
             _fmt(e.get("balanced")),
             _fmt(e.get("tail")),
             e.get("status") or "-",
+            entry_note(e) or "-",
         ]
         for e in entries
     ]
@@ -252,110 +306,3 @@ def format_table(index: dict, markdown: bool = False) -> str:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     return "\n".join([line.rstrip() for line in lines + [fmt.format(*r) for r in rows]] + [NOTE])
-
-
-# ---------------------------------------------------------------------------------------------
-# timm pretrained tags
-
-
-def register_pretrained_tag(model_tag: str, cfg: dict[str, Any]) -> None:
-    """Add `arch.tag` to timm's registry as a (non-default) pretrained cfg: the arch's default cfg
-    with `cfg` (e.g. hf_hub_id, num_classes, mean/std, label_names) on top. See the module docstring."""
-    import dataclasses
-    from collections import deque
-
-    from timm.models import (
-        DefaultCfg,
-        PretrainedCfg,
-        get_arch_pretrained_cfgs,
-        get_pretrained_cfg,
-        is_model,
-        model_entrypoint,
-        register_model,
-        split_model_name_tag,
-    )
-
-    arch, tag = split_model_name_tag(model_tag)
-    if not tag or not is_model(arch):
-        raise ValueError(f"'{model_tag}' is not ARCH.TAG with a registered timm architecture ARCH")
-    fn = model_entrypoint(arch)
-    if fn.__name__ != arch:
-        raise ValueError(f"'{arch}' is an alias in timm; use its current name")
-    module = sys.modules[fn.__module__]
-    if not isinstance(getattr(module, "default_cfgs", None), dict):
-        module.default_cfgs = {}
-    current = module.default_cfgs.get(arch)
-    if isinstance(current, DefaultCfg):
-        default = DefaultCfg(deque(current.tags), dict(current.cfgs), current.is_pretrained)
-    elif isinstance(current, dict):  # old-style single cfg per architecture
-        default = DefaultCfg(deque([""]), {"": PretrainedCfg(**current)})
-    else:  # not declared in its module: rebuild from what the registry holds
-        default = DefaultCfg()
-        for full, pcfg in get_arch_pretrained_cfgs(arch).items():
-            t = split_model_name_tag(full)[1]
-            default.tags.append(t)
-            default.cfgs[t] = pcfg
-    base = get_pretrained_cfg(arch) or PretrainedCfg()
-    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
-    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in fields}
-    new = dataclasses.replace(
-        base,
-        url=None,
-        file=None,
-        state_dict=None,
-        hf_hub_filename=None,
-        custom_load=False,
-        **overrides,
-    )
-    if tag not in default.cfgs:
-        default.tags.append(tag)
-    default.cfgs[tag] = new
-    default.is_pretrained = default.is_pretrained or bool(new.has_weights)
-    module.default_cfgs[arch] = default
-    with warnings.catch_warnings():  # "Overwriting <arch> in registry": intended, same entrypoint
-        warnings.simplefilter("ignore")
-        register_model(fn)
-
-
-def register_zoo_tags(path: Path | None = None) -> list[str]:
-    """Register a timm tag for every "pushed" entry of the index; returns the names registered.
-
-    Called at `import bacon_zoo`, so it never raises: a broken index or entry is a warning.
-    """
-    import timm
-
-    try:
-        entries = load_index(path).get("models", [])
-    except UserError as e:
-        warnings.warn(f"bacon-zoo: zoo index not loaded: {e}", stacklevel=2)
-        return []
-    done = []
-    for e in entries:
-        if e.get("status") != "pushed" or not e.get("hub_id"):
-            continue
-        name = e.get("name", "")
-        if e.get("model_args"):  # a tag can't carry constructor args; hf-hub:ORG/NAME can
-            continue
-        try:
-            existing = (
-                timm.models.get_pretrained_cfg(name) if timm.is_model(name.split(".")[0]) else None
-            )
-        except RuntimeError:
-            existing = None
-        if existing is not None and existing.hf_hub_id == e["hub_id"]:
-            done.append(name)
-            continue
-        cfg = dict(e.get("pretrained_cfg") or {})
-        cfg |= {
-            "hf_hub_id": e["hub_id"],
-            "description": f"{e.get('algorithm')} on {e.get('dataset')}-LT ({e.get('setting')}), bacon-zoo",
-            "paper_ids": "arXiv:2403.12986",
-        }
-        try:
-            register_pretrained_tag(name, cfg)
-            done.append(name)
-        except (ValueError, TypeError, KeyError) as err:
-            warnings.warn(
-                f"bacon-zoo: zoo entry '{name}' not registered in timm: {err}", stacklevel=2
-            )
-    return done

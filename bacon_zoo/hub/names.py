@@ -1,0 +1,136 @@
+"""Names and file names of an export: pure functions every hub module imports (and nothing else here).
+
+A model is named the timm way, `arch.tag`, and the tag encodes the whole long-tailed setting so two runs
+of different settings never share a name: `wrn28_2.bacon_c10lt_n1500m3000g100_s0` is BaCon on
+CIFAR-10-LT with N1=1500, M1=3000, gamma_l=gamma_u=100, seed 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# files of an export folder
+TIMM_WEIGHTS = "model.safetensors"
+TIMM_CONFIG = "config.json"
+NET_WEIGHTS = "bacon_net.safetensors"
+NET_CONFIG = "bacon_net.json"
+PLOT = "per_class_accuracy.png"
+CARD = "README.md"
+MANIFEST = (
+    "export_manifest.json"  # what the export wrote (names + sha256): never delete anything else
+)
+RECIPE = "recipe.yaml"
+EXPORT_FORMAT = 2
+
+# data set short codes for tags (timm tags are short: in1k, in22k_ft_in1k, ...)
+DATASET_CODES = {"cifar10": "c10", "cifar100": "c100", "stl10": "stl10", "svhn": "svhn"}
+
+_TAG_RE = re.compile(r"[a-z0-9][a-z0-9_]*")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def dataset_slug(dataset: str) -> str:
+    """`uoft-cs/cifar10` -> `cifar10`, `/data/my_set/` -> `my_set`: the data set part of a name."""
+    return slug(Path(dataset.rstrip("/")).name) or "data"
+
+
+def is_tag(tag: str) -> bool:
+    return bool(_TAG_RE.fullmatch(tag))
+
+
+def _num(x: Any) -> str:
+    """100.0 -> '100', 0.5 -> '0p5' (a tag holds no dots)."""
+    text = f"{x:g}" if isinstance(x, float) else str(x)
+    return text.replace(".", "p").replace("-", "m")
+
+
+def setting_tag(
+    dataset: str,
+    n1: int,
+    m1: int | None,
+    imb_ratio_l: float,
+    imb_ratio_u: float,
+    reverse_u: bool = False,
+    include_labeled_in_unlabeled: bool = False,
+) -> str:
+    """The setting part of a tag, e.g. `c10lt_n1500m3000g100` (gamma_u = gamma_l),
+    `c10lt_n1500m3000g100u1` (gamma_u = 1, uniform unlabeled), `c10lt_n1500m3000g100r` (reversed
+    unlabeled profile, same ratio), `stl10lt_n450mallg10` (M1 = all), a trailing `i`: labeled images
+    also in the unlabeled set."""
+    code = DATASET_CODES.get(dataset_slug(dataset), dataset_slug(dataset))
+    gamma = f"g{_num(imb_ratio_l)}"
+    if float(imb_ratio_u) != float(imb_ratio_l):
+        gamma += f"u{_num(imb_ratio_u)}"
+    if reverse_u:
+        gamma += "r"
+    tail = "i" if include_labeled_in_unlabeled else ""
+    return f"{code}lt_n{n1}m{'all' if m1 is None else m1}{gamma}{tail}"
+
+
+def arch_of(backbone: str) -> str:
+    """`hf-hub:timm/resnet18.a1_in1k` -> `resnet18`, `wrn28_2` -> `wrn28_2`."""
+    return backbone.split(":", 1)[-1].rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def model_name(recipe: Mapping[str, Any]) -> str:
+    """timm-style `arch.tag` name of a run from its config (a dict of TrainConfig fields), e.g.
+    `wrn28_2.bacon_c10lt_n1500m3000g100_s0`; also the default Hub repo name."""
+    tag = "_".join(
+        (
+            slug(str(recipe["algorithm"])),
+            setting_tag(
+                str(recipe["dataset"]),
+                int(recipe["n1"]),
+                None if recipe.get("m1") is None else int(recipe["m1"]),
+                float(recipe["imb_ratio_l"]),
+                float(recipe["imb_ratio_u"]),
+                bool(recipe.get("reverse_u")),
+                bool(recipe.get("include_labeled_in_unlabeled")),
+            ),
+            f"s{int(recipe['seed'])}",
+        )
+    )
+    return f"{arch_of(str(recipe['backbone']))}.{tag}"
+
+
+def setting_string(recipe: Mapping[str, Any]) -> str:
+    """The long-tailed setting for people, e.g. `N1=1000,M1=4000,gamma_l=100,gamma_u=100`."""
+
+    def num(x: Any) -> str:
+        return f"{x:g}" if isinstance(x, float) else ("none" if x is None else str(x))
+
+    m1 = recipe.get("m1")
+    gu = num(recipe.get("imb_ratio_u"))
+    parts = [
+        f"N1={recipe.get('n1')}",
+        f"M1={'all' if m1 is None else m1}",
+        f"gamma_l={num(recipe.get('imb_ratio_l'))}",
+        f"gamma_u={'1/' + gu if recipe.get('reverse_u') else gu}",
+    ]
+    if recipe.get("include_labeled_in_unlabeled"):
+        parts.append("labeled_in_unlabeled")
+    return ",".join(parts)
+
+
+def needs_bacon_zoo(architecture: str) -> bool:
+    """Whether loading `architecture` needs `import bacon_zoo` (it is registered in timm by this
+    package: the CIFAR WRNs and the CIFAR-stem ResNets), or plain timm has it."""
+    import timm
+
+    fn = timm.models.model_entrypoint(architecture) if timm.is_model(architecture) else None
+    return fn is None or fn.__module__.startswith("bacon_zoo.")
