@@ -26,7 +26,12 @@ COMMAND_MODULES = [
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the full usage of `train` is a screen of flags)."""
+    """argparse, but a usage error is one line (the full usage of `train` is a screen of flags),
+    and `--weight-decay -1e-4` / `--lr -.5` are values (argparse's own pattern misses exponents)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
