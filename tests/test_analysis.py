@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -12,7 +11,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 
 from bacon_zoo.algorithms import MemoryBank
 from bacon_zoo.algorithms.bank import intra_class_spread
@@ -138,6 +136,17 @@ def _bank() -> MemoryBank:
     return bank
 
 
+def test_bank_statistics_for_the_diagnostics():
+    bank = _bank()  # label bank [0, 1 | 0, 1, 0, -1] (slot 5's write is masked out)
+    lab, unl = bank.label_counts_by_part()
+    assert lab.tolist() == [1, 1, 0] and unl.tolist() == [2, 1, 0]
+    assert torch.equal(lab + unl, bank.class_counts())
+    assert bank.unlabeled_labels().tolist() == [0, 1, 0, -1]
+    spread = bank.intra_class_spread()  # written members: class 0 slots 0, 2; class 1 slots 1, 3
+    assert spread[0].item() == pytest.approx(1.0 - S2, abs=1e-6)
+    assert spread[1].item() == pytest.approx(0.0, abs=1e-6) and math.isnan(spread[2])
+
+
 def test_training_diagnostics_bank_numbers():
     bank = _bank()
     algo = SimpleNamespace(bank=bank)
@@ -189,45 +198,26 @@ def test_training_diagnostics_state_dict_resumes_exactly():
 # ---------------------------------------------------------------------------------------------
 # end to end: two tiny runs (BaCon with the diagnostics wired in, ABC), then `analyze --compare`
 
-TINY = [
-    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
-    "batch_size=4", "mu=2", "steps=4", "eval_every=2", "checkpoint_every=2", "num_workers=0",
-    "max_eval_samples=60", "cpu=true", "mixed_precision=no", "export=false", "eval_batch_size=32",
-    "bacon.start=0", "bacon.anchor_threshold=0", "bacon.bank_threshold=0", "abc.threshold=0",
-]  # fmt: skip
+# the conftest's tiny digits run, 4 steps with an evaluation and a checkpoint at steps 2 and 4
+RUN_SETS = ("steps=4", "eval_every=2", "checkpoint_every=2")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    from bacon_zoo.config import build_config
-    from bacon_zoo.train.trainer import train
-
+def runs(tmp_path_factory, run_cli, tiny_train) -> dict[str, Path]:
+    """A BaCon run (memory bank: every diagnostic) and an ABC run on the same data."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        for algorithm in ("bacon", "abc"):
-            out[algorithm] = root / algorithm
-            try:
-                train(
-                    build_config(
-                        None,
-                        None,
-                        [*TINY, f"algorithm={algorithm}", f"output_dir={out[algorithm]}"],
-                    )
-                )
-            finally:
-                AcceleratorState._reset_state(True)
+    for algorithm in ("bacon", "abc"):
+        out[algorithm] = root / algorithm
+        result = run_cli(tiny_train(out[algorithm], *RUN_SETS, f"algorithm={algorithm}"))
+        assert result.code == 0, result
     return out
 
 
-def _analyze_cli(argv: list[str]) -> int:
-    from bacon_zoo.analysis.cli import add_parser
-
-    parser = argparse.ArgumentParser(prog="bacon-zoo")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["analyze", *argv])
-    return args.func(args)
+@pytest.fixture
+def analyze_cli(run_cli):
+    """`bacon-zoo analyze ARGV` in this process; returns the CliResult."""
+    return lambda argv: run_cli(["analyze", *map(str, argv)])
 
 
 METRIC_LABELS = {
@@ -251,10 +241,11 @@ def _close(shown: float, value: float | None, digits: int = 2) -> bool:
     return abs(shown - value) <= 0.51 * 10**-digits
 
 
-def test_analyze_writes_every_file_and_numbers_match_predictions(runs, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_analyze_writes_every_file_and_numbers_match_predictions(runs, tmp_path, analyze_cli):
     out = tmp_path / "analysis"
-    assert _analyze_cli([str(runs["bacon"]), "--compare", str(runs["abc"]), "--out", str(out)]) == 0
+    result = analyze_cli([runs["bacon"], "--compare", runs["abc"], "--out", out])
+    assert result.code == 0, result
+    assert result.out.split() == [str(out / "analysis.md"), str(out / "compare_abc.md")]
     for name in (
         "analysis.md",
         "predictions.npz",
@@ -352,7 +343,7 @@ def test_diagnostics_records_in_metrics_jsonl(runs):
     assert "center_drift" not in abc_rows[-1]["diagnostics"]  # no memory bank in ABC
 
 
-def test_analyze_user_errors(runs, tmp_path):
+def test_analyze_user_errors(runs, tmp_path, analyze_cli):
     from bacon_zoo.analysis.analyze import analyze, resolve_checkpoint
     from bacon_zoo.run import RunDir
 
@@ -362,8 +353,11 @@ def test_analyze_user_errors(runs, tmp_path):
         resolve_checkpoint(RunDir(runs["bacon"]), "3")
     assert resolve_checkpoint(RunDir(runs["bacon"]), "2").name == "step_0000002"
     assert resolve_checkpoint(RunDir(runs["bacon"]), None).name == "step_0000004"
-    with pytest.raises(UserError, match="--max-points"):
-        _analyze_cli([str(runs["bacon"]), "--max-points", "-1"])
+    result = analyze_cli([runs["bacon"], "--max-points", "-1"])
+    assert result.code == 2 and "--max-points must be >= 0" in result.err
+    assert len(result.err.strip().splitlines()) == 1  # one line, no traceback
+    result = analyze_cli([runs["bacon"], "--compare", tmp_path / "nope"])
+    assert result.code == 2 and "does not exist" in result.err, result
 
 
 def test_analyze_checks_compare_and_out_before_any_work(runs, tmp_path, monkeypatch):
@@ -394,12 +388,12 @@ def test_analyze_checks_compare_and_out_before_any_work(runs, tmp_path, monkeypa
             module.analyze(runs["bacon"], out=out)
 
 
-def test_analyze_out_manifest_lists_what_it_wrote(runs, tmp_path):
+def test_analyze_out_manifest_lists_what_it_wrote(runs, tmp_path, analyze_cli):
     """The e2e test's folder: analysis.json names every file analyze wrote, and nothing else is there."""
     from bacon_zoo.analysis.analyze import MANIFEST
 
     out = tmp_path / "a"
-    assert _analyze_cli([str(runs["abc"]), "--out", str(out), "--max-points", "30"]) == 0
+    assert analyze_cli([runs["abc"], "--out", out, "--max-points", "30"]).code == 0
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["written_by"] == "bacon-zoo analyze"
     assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir())
@@ -407,4 +401,64 @@ def test_analyze_out_manifest_lists_what_it_wrote(runs, tmp_path):
         "analysis.md" in manifest["files"] and "bank.png" not in manifest["files"]
     )  # ABC: no bank
     # a second analysis into the same folder is allowed (the folder is analyze's own)
-    assert _analyze_cli([str(runs["abc"]), "--out", str(out), "--max-points", "30"]) == 0
+    assert analyze_cli([runs["abc"], "--out", out, "--max-points", "30"]).code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# plots: the object API and the functions other layers call
+
+
+def test_plotting_uses_no_pyplot_and_no_global_backend():
+    import ast
+
+    import bacon_zoo.analysis.analyze as analyze_mod
+    import bacon_zoo.analysis.plots as plots_mod
+
+    for mod in (plots_mod, analyze_mod):
+        tree = ast.parse(Path(mod.__file__).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all("pyplot" not in a.name for a in node.names), mod.__name__
+            if isinstance(node, ast.ImportFrom):
+                assert "pyplot" not in (node.module or ""), mod.__name__
+                assert not (node.module or "").startswith("bacon_zoo.analysis.analyze")
+            if isinstance(node, ast.Attribute) and node.attr == "use":
+                assert getattr(node.value, "id", None) != "matplotlib", mod.__name__
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_functions_for_cards_and_studies(tmp_path):
+    from bacon_zoo.analysis import plots
+
+    acc = [91.0, 80.5, None, 12.0]
+    path = plots.plot_per_class_accuracy(
+        acc, [100, 40, 10, 4], [400, 160, 40, 16], ["a", "b", "c", "d"], tmp_path / "pc.png", "t"
+    )
+    assert path == tmp_path / "pc.png" and min(_png_size(path)) > 100
+    # no counts, or counts that do not fit: the bars alone, in class order
+    for counts in (None, [1, 2]):
+        p = plots.plot_per_class_accuracy(acc, counts, None, ["a"], tmp_path / f"n{counts}.png")
+        assert min(_png_size(p)) > 100
+    nan = float("nan")
+    bars = plots.plot_study_bars(
+        ["wrn28_2", "resnet18_cifar\nsteps=300"],
+        {"abc": [50.0, 60.0], "bacon": [55.0, nan]},
+        tmp_path / "top1.png",
+        errors={"abc": [1.0, 0.0], "bacon": [nan, 0.0]},
+        ylabel="top-1 (best), %",
+        legend_title="algorithm",
+    )
+    single = plots.plot_study_bars(["all"], {"": [42.0]}, tmp_path / "one.png")
+    assert min(_png_size(bars)) > 100 and min(_png_size(single)) > 100
+    curves = [
+        plots.Curve("abc, consistent", [10, 100], [80.0, 60.0], [1.0, 2.0], color=0),
+        plots.Curve("abc, reversed", [100, 10], [50.0, 70.0], None, color=0, dashed=True),
+    ]
+    vs = plots.plot_vs_imbalance(curves, tmp_path / "vs.png", xticks=[10, 100])
+    assert min(_png_size(vs)) > 100
+    assert plots.class_groups([1, 5, 3]) == ["tail", "head", "medium"]
