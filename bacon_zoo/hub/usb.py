@@ -11,6 +11,7 @@ has the heads, and a card that says where it came from and claims no accuracy.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,18 @@ def read_usb_checkpoint(path: Path, key: str) -> tuple[dict[str, Any], Any]:
         raise UserError(f"{path} is not a file; give a USB checkpoint (torch.save .pth)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else "unpickling failed"
+    except Exception as e:  # UnpicklingError (refused or garbage), a truncated zip, ...
+        text = str(e)
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if isinstance(e, pickle.UnpicklingError) and refused:
+            raise UserError(
+                f"{path} can't be loaded safely: it holds a {refused.group(1)} object, which "
+                "torch.load(weights_only=True) refuses to run; save only the state dicts "
+                "(tensors, numbers, strings) and import that"
+            ) from None
         raise UserError(
-            f"{path} can't be loaded safely (weights_only=True refused it: {reason}); it is not a "
-            "plain torch.save checkpoint of tensors"
-        ) from None
-    except Exception as e:  # truncated zip, not a torch file at all, ...
-        raise UserError(
-            f"{path} is not a readable torch.save checkpoint ({type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})"
+            f"{path} is not a readable torch.save checkpoint ({type(e).__name__}); check that the "
+            "file is complete and is the .pth that USB saved"
         ) from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
