@@ -232,8 +232,9 @@ def affine(x: Tensor, matrix: Tensor) -> Tensor:
         return torch.floor(t * 65536.0 + 0.5).int()
 
     def accumulate(start: Tensor, inc: Tensor, size: int) -> Tensor:  # xo += a0, sequentially
-        terms = torch.cat([start, inc.expand(n, size - 1)], 1)
-        return torch.floor(torch.cumsum(terms, 1)).clamp(-1, 1 << 14).int() << 16
+        terms = torch.cat([start, inc.expand(n, size - 1)], 1).cpu()  # CPU scans are sequential
+        sums = torch.cumsum(terms, 1).to(x.device)  # (a GPU's are not, nor bit-reproducible)
+        return torch.floor(sums).clamp(-1, 1 << 14).int() << 16
 
     # coordinates as 16.16 sums of a per-column and a per-row part, so only one [N, H, W] add each
     scaling = (a1 == 0) & (a3 == 0)
@@ -266,10 +267,6 @@ def rotate_matrix(v: Tensor, h: int, w: int) -> Tensor:
     return torch.stack([cos, sin, c, -sin, cos, f], 1)
 
 
-def _rotate_matrix(v: Tensor, h: int, w: int) -> Tensor:
-    return rotate_matrix(v, h, w)
-
-
 def _shear_x_matrix(v: Tensor, h: int, w: int) -> Tensor:
     one, zero = torch.ones_like(v), torch.zeros_like(v)
     return torch.stack([one, v, zero, zero, one, zero], 1)
@@ -292,7 +289,7 @@ def _translate_y_matrix(v: Tensor, h: int, w: int) -> Tensor:
 
 def rotate(x: Tensor, v: Tensor) -> Tensor:
     """img.rotate(v): v degrees counter-clockwise about the centre, NEAREST, fill 0."""
-    return affine(x, _rotate_matrix(_per_sample(v, x), *x.shape[2:]))
+    return affine(x, rotate_matrix(_per_sample(v, x), *x.shape[2:]))
 
 
 def shear_x(x: Tensor, v: Tensor) -> Tensor:
@@ -346,7 +343,7 @@ _BUILDERS: dict[str, tuple[str, Callable | None]] = {
     "Equalize": ("lut", _equalize_lut),
     "Identity": ("identity", None),
     "Posterize": ("lut", _posterize_lut),
-    "Rotate": ("affine", _rotate_matrix),
+    "Rotate": ("affine", rotate_matrix),
     "Sharpness": ("blend", smooth),
     "ShearX": ("affine", _shear_x_matrix),
     "ShearY": ("affine", _shear_y_matrix),
