@@ -230,17 +230,7 @@ class RunDir:
 
     def build_model(self, cfg: TrainConfig | None = None) -> BaconNet:
         """The run's BaconNet, untrained (no pretrained download: weights come from a checkpoint)."""
-        from bacon_zoo.models import BaconNet
-
-        cfg = cfg or self.read_config()
-        data = self.read_data()
-        return BaconNet(
-            cfg.backbone,
-            num_classes=int(data["num_classes"]),
-            proj_dim=cfg.bacon.proj_dim,
-            pretrained=False,
-            backbone_kwargs=cfg.backbone_kwargs,
-        )
+        return build_model(cfg or self.read_config(), int(self.read_data()["num_classes"]), False)
 
     def load_ema_model(self, checkpoint: str | Path | None = None) -> tuple[BaconNet, Path]:
         """The EMA BaconNet of a checkpoint (the weights that are evaluated and exported), in eval mode."""
@@ -257,6 +247,35 @@ class RunDir:
                 f"{len(unexpected)} unexpected tensors, e.g. {first}); the run was made by another version"
             )
         return model.eval(), ckpt
+
+
+def build_model(cfg: TrainConfig, num_classes: int, for_training: bool = True) -> BaconNet:
+    """The one way to build a run's BaconNet: backbone, both heads and the projection.
+
+    `for_training` adds what only a fresh training run wants: timm's pretrained weights
+    (`--pretrained`), a full BaconNet to start from (`--init-from`) and the BN-momentum override.
+    """
+    import torch
+
+    from bacon_zoo.models import BaconNet
+
+    model = BaconNet(
+        cfg.backbone,
+        num_classes=num_classes,
+        proj_dim=cfg.bacon.proj_dim,
+        pretrained=cfg.pretrained and for_training,
+        backbone_kwargs=cfg.backbone_kwargs,
+        head_init=cfg.head_init,
+    )
+    if for_training and cfg.bn_momentum is not None:  # short budgets: WRN's 0.001 is too slow
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
+    if for_training and cfg.init_from:
+        from bacon_zoo.run.weights import load_bacon_net_weights
+
+        load_bacon_net_weights(model, cfg.init_from)
+    return model
 
 
 def summary_record(cfg: TrainConfig, history: list[dict], status: str, **extra: Any) -> dict:
@@ -291,6 +310,7 @@ __all__ = [
     "SPLIT",
     "SUMMARY",
     "RunDir",
+    "build_model",
     "eval_head_of",
     "summary_record",
 ]

@@ -3,7 +3,11 @@
 One step = one labeled batch (weak view) + one unlabeled batch (weak and strong views), concatenated into
 a single forward pass so BatchNorm sees the mixture (as FixMatch does); the algorithm turns the outputs
 into a loss and updates its own state (memory banks); SGD, an optional schedule and an EMA of the whole
-BaconNet follow. Evaluation uses the EMA model and the algorithm's evaluation head.
+BaconNet follow (`train_step`). Evaluation uses the EMA model and the algorithm's evaluation head.
+
+`train(cfg)` checks everything that can be checked (config, output dir, data and split, that the
+backbone runs at this image size, the resume point) before it writes a single file, so a failed start
+never leaves a run directory behind that the corrected command would refuse.
 
 Exact resume: the data streams are a pure function of (seed, step, rank), the algorithm draws its
 randomness from (seed, rank, step), and everything else (weights, EMA, optimizer, schedule, banks,
@@ -13,35 +17,52 @@ RNG states) is in the checkpoint, so stopping and resuming gives the same weight
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
-from tqdm.auto import tqdm
+from torch import Tensor
 
-from bacon_zoo.algorithms import create_algorithm
-from bacon_zoo.train.diagnostics import TrainingDiagnostics
-from bacon_zoo.config import TrainConfig, fingerprint, load_run_config, save_config
-from bacon_zoo.data import make_eval_loader, make_train_loaders, prepare_data
+from bacon_zoo.algorithms import Algorithm, create_algorithm
+from bacon_zoo.config import TrainConfig, fingerprint
+from bacon_zoo.data import SSLData, make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.errors import UserError
 from bacon_zoo.models import BaconNet
-from bacon_zoo.train.checkpoint import (
-    CUSTOM_OBJECTS,
-    TrainState,
-    find_resume_dir,
-    list_checkpoints,
-    save_checkpoint,
-)
+from bacon_zoo.run import RunDir, build_model, summary_record
+from bacon_zoo.train.checkpoint import CUSTOM_OBJECTS, TrainState, find_resume_dir, save_checkpoint
+from bacon_zoo.train.diagnostics import TrainingDiagnostics
 from bacon_zoo.train.evaluate import evaluate
-from bacon_zoo.fileio import read_jsonl as read_metrics
-from bacon_zoo.metrics import summarize
+from bacon_zoo.train.precision import device_name, resolve_precision
+
+logger = get_logger("bacon_zoo")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass
+class TrainResult:
+    """How `train` ended: "complete" (with the summary) or "stopped" by a signal at a checkpointed step."""
+
+    status: str
+    step: int
+    run_dir: Path
+    summary: dict | None = None
+    signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the signal's convention (143 for SIGTERM) so a scheduler requeues, never "failed"."""
+        return 0 if self.signum is None else 128 + self.signum
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -49,7 +70,7 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{name}_{cfg.algorithm}_{cfg.backbone}_seed{cfg.seed}"
 
 
-def data_card(data, cfg: TrainConfig) -> dict:
+def data_card(data: SSLData, cfg: TrainConfig) -> dict:
     """What export and analysis need to know about the data without reloading it."""
     return {
         "dataset": cfg.dataset,
@@ -62,30 +83,6 @@ def data_card(data, cfg: TrainConfig) -> dict:
         "unlabeled_counts": list(map(int, data.split.unlabeled_counts)),
         "num_test": int(len(data.test.labels)),
     }
-
-
-def build_model(cfg: TrainConfig, num_classes: int) -> BaconNet:
-    """The BaconNet of a config: backbone, both heads and the projection, optionally initialised."""
-    model = BaconNet(
-        cfg.backbone,
-        num_classes=num_classes,
-        proj_dim=cfg.bacon.proj_dim,
-        pretrained=cfg.pretrained,
-        backbone_kwargs=cfg.backbone_kwargs,
-    )
-    if (
-        cfg.bn_momentum is not None
-    ):  # short budgets: WRN's 0.001 leaves eval statistics at their init
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = cfg.bn_momentum
-    if cfg.init_from:
-        from bacon_zoo.hub.export import load_bacon_net_weights
-
-        load_bacon_net_weights(model, cfg.init_from)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -101,17 +98,212 @@ def lr_lambda(cfg: TrainConfig):
     return fn
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checkpoints and exits at the end of the current step.
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with the release's two groups: no weight decay on parameters with ndim <= 1 or a `.bias`
+    name (timm's `param_groups_weight_decay`, the helper USB copies); `weight_decay_all` decays all."""
+    params = (
+        model.parameters()
+        if cfg.weight_decay_all
+        else param_groups_weight_decay(model, cfg.weight_decay)
+    )
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    )
 
-    A context manager, so the previous handlers come back when training ends.
-    """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# ---------------------------------------------------------------------------------------------
+# one step
 
-    def __enter__(self) -> _StopFlag:
-        self.set = False
-        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+
+@dataclass
+class StepParts:
+    """Everything one training step touches."""
+
+    model: torch.nn.Module
+    algo: Algorithm
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ModelEmaV3
+    accelerator: Accelerator
+    total_steps: int
+    channels_last: bool = False
+    ema_warmup: bool = False
+
+
+def train_step(
+    parts: StepParts, lb: dict[str, Tensor], ulb: dict[str, Tensor], step: int
+) -> tuple[dict[str, Tensor], object, dict[str, Tensor]]:
+    """Forward on [labeled weak | unlabeled weak | unlabeled strong], loss, backward, SGD, schedule,
+    the algorithm's after-step update and the EMA. Returns (logs as device tensors, outputs, batch)."""
+    acc = parts.accelerator
+    x = torch.cat([lb["x"], ulb["x_w"], ulb["x_s"]])
+    if parts.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    batch = {"y_lb": lb["y"], "idx_lb": lb["idx"], "idx_ulb": ulb["idx"], "y_ulb": ulb["y"]}
+    with acc.autocast():
+        out = parts.model(x)
+        loss, logs = parts.algo.loss(out, batch, step, parts.total_steps)
+    acc.backward(loss)
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.algo.after_step(step, parts.total_steps)
+    parts.ema.update(acc.unwrap_model(parts.model), step=step if parts.ema_warmup else None)
+    return {"loss": loss.detach(), **logs}, out, batch
+
+
+class RunState(TrainState):
+    """The loop position plus the wall time spent so far (summed over resumes, for budgeting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wall_time_s = 0.0
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"wall_time_s": self.wall_time_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.wall_time_s = float(state.get("wall_time_s", 0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# checks before anything is written
+
+
+def _check_output_dir(run_dir: Path) -> None:
+    """An output dir that can be created and written, or one line saying why not."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--output-dir {run_dir} is a file; choose a directory")
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--output-dir {run_dir} lies under the file {parent}; choose a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--output-dir {run_dir}: {parent} is not writable; choose another place")
+
+
+def _resume_point(cfg: TrainConfig, run: RunDir) -> tuple[Path | None, bool]:
+    """(checkpoint to resume or None, whether config.yaml must be (re)written), after checking that
+    the directory holds this experiment. Only `steps` may differ (a finished run can be extended)."""
+    if not run.is_run():
+        if cfg.resume not in (None, "auto"):
+            return find_resume_dir(cfg.resume, run.checkpoints_dir), True
+        if cfg.resume == "auto":
+            print(f"--resume: no run in {run.path} yet; starting a new run", file=sys.stderr)
+        return None, True
+    saved = run.read_config()
+    if fingerprint(saved, ignore=("steps",)) != fingerprint(cfg, ignore=("steps",)):
+        a, b = json.loads(fingerprint(saved)), json.loads(fingerprint(cfg))
+        diff = [k for k in a if a[k] != b.get(k) and k != "steps"]
+        raise UserError(
+            f"{run.path} holds a run with a different config (differs in: {', '.join(diff)}); "
+            "choose another --output-dir or repeat the original settings"
+        )
+    if not cfg.resume:
+        if run.checkpoints():
+            raise UserError(
+                f"{run.path} already has checkpoints; pass --resume to continue it or choose another "
+                "--output-dir"
+            )
+        return None, saved.steps != cfg.steps
+    resume_dir = find_resume_dir(cfg.resume, run.checkpoints_dir)
+    if resume_dir is None:
+        print(
+            f"--resume: {run.path} has no complete checkpoint; starting from step 0",
+            file=sys.stderr,
+        )
+    return resume_dir, saved.steps != cfg.steps
+
+
+def _check_backbone_runs(model: BaconNet, cfg: TrainConfig) -> None:
+    """One dummy forward at the run's image size, so a backbone/size mismatch fails before the data
+    is touched, in one line saying which sizes the backbone takes."""
+    x = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except Exception as e:  # timm asserts, conv kernel larger than the input, ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        size = model.pretrained_cfg.get("input_size", (3, "?", "?"))[-1]
+        raise UserError(
+            f"backbone '{cfg.backbone}' does not run on {cfg.image_size}x{cfg.image_size} images "
+            f"({reason}); it is built for {size}x{size} inputs: set --image-size {size} or choose "
+            "another backbone"
+        ) from None
+    finally:
+        model.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# progress: a bar on a terminal, one line per log window in a scheduler's log file
+
+
+class Progress:
+    def __init__(self, cfg: TrainConfig, start: int, enabled: bool) -> None:
+        self.steps, self.enabled = cfg.steps, enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start, dynamic_ncols=True)
+        self.t0, self.start = time.perf_counter(), start
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, step: int, avg: dict[str, float], ips: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{avg['loss']:.3f}",
+                mask=f"{avg.get('mask', float('nan')):.2f}",
+                img_s=f"{ips:.0f}",
+            )
+            return
+        rate = (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.steps - step) / rate if rate > 0 else float("nan")
+        logger.info(
+            f"step {step}/{self.steps} | loss {avg['loss']:.4f} | mask {avg.get('mask', float('nan')):.3f}"
+            f" | {ips:.0f} img/s | ETA {_hms(eta)}"
+        )
+
+    def write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            logger.info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class StopSignal:
+    """Notes SIGTERM/SIGINT; every rank stops at the same step through accelerate's trigger."""
+
+    def __init__(self, accelerator: Accelerator, check_every: int) -> None:
+        self.accelerator, self.check_every = accelerator, max(1, check_every)
+        self.signum: int | None = None
+
+    def __enter__(self) -> StopSignal:
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -119,69 +311,77 @@ class _StopFlag:
             signal.signal(sig, handler)
 
     def _handler(self, signum, frame) -> None:
-        self.set = True
+        self.signum = signum
+        self.accelerator.set_trigger()
+
+    def should_stop(self, step: int) -> bool:
+        """Single process: the flag. Several: an all-reduce of the trigger every `check_every` steps
+        (every rank checks at the same steps, so all of them stop together)."""
+        if self.accelerator.num_processes == 1:
+            return self.signum is not None
+        if step % self.check_every:
+            return False
+        stop = self.accelerator.check_trigger()
+        if stop and self.signum is None:
+            self.signum = signal.SIGTERM  # another rank got the signal
+        return stop
 
 
-def _prepare_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Path, Path | None]:
-    """Create the run dir (or check it belongs to this experiment) and find the checkpoint to resume."""
-    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
-    ckpt_root = run_dir / "checkpoints"
-    resume_dir = find_resume_dir(cfg.resume, ckpt_root) if cfg.resume else None
-    if (run_dir / "config.yaml").is_file():
-        saved = load_run_config(run_dir)
-        if fingerprint(saved) != fingerprint(cfg):
-            a, b = saved.to_dict(), cfg.to_dict()
-            diff = [k for k in a if a[k] != b.get(k) and k not in ("resume", "output_dir", "cpu")]
-            raise UserError(
-                f"{run_dir} holds a run with a different config (differs in: {', '.join(diff)}); "
-                "choose another --output-dir or repeat the original settings"
-            )
-        if not cfg.resume and list_checkpoints(ckpt_root):
-            raise UserError(
-                f"{run_dir} already has checkpoints; pass --resume to continue it or choose another --output-dir"
-            )
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    return run_dir, resume_dir
+# ---------------------------------------------------------------------------------------------
+# the run
 
 
-def _log_line(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) one training run. A complete run's result holds the summary written to
+    `summary.json`; a SIGTERM/SIGINT stops every rank at the same step, after a checkpoint."""
+    # ---- checks, before anything is written
+    run = RunDir(cfg.output_dir or default_run_dir(cfg))
+    _check_output_dir(run.path)
+    resume_dir, write_config = _resume_point(cfg, run)
+    done = run.read_summary() if resume_dir is not None else None
+    if done and done.get("status") == "complete" and done.get("steps") == cfg.steps:
+        print(
+            f"{run.path} is already complete ({cfg.steps} steps, best top-1 {done['best_top1']:.2f}); "
+            "raise --steps to train further, or choose another --output-dir",
+            file=sys.stderr,
+        )
+        return TrainResult("complete", cfg.steps, run.path, done)
+    if resume_dir is not None and int(resume_dir.name.split("_")[-1]) > cfg.steps:
+        raise UserError(
+            f"{resume_dir} is past --steps {cfg.steps}; --steps can only grow on resume"
+        )
 
+    state = PartialState(cpu=cfg.cpu)
+    precision, why = resolve_precision(cfg.mixed_precision, state.device)
+    data = prepare_data(cfg, split_path=run.split_path if run.split_path.is_file() else None)
+    model = build_model(cfg, data.num_classes)
+    _check_backbone_runs(model, cfg)
 
-def _read_history(path: Path, up_to_step: int) -> list[dict]:
-    """Evaluation records already written, dropping any after the checkpoint being resumed."""
-    return [r for r in read_metrics(path) if r["step"] <= up_to_step]
-
-
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) one training run; returns the summary written to `summary.json`."""
     accelerator = Accelerator(
         cpu=cfg.cpu,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=precision,
         log_with=None if cfg.log_with == "none" else cfg.log_with,
-        project_config=ProjectConfiguration(project_dir="."),
+        project_config=ProjectConfiguration(project_dir=str(run.path)),
         # FixMatch never uses the ABC head or the projection, and BaCon's projection only joins the
         # loss after `bacon.start`: DDP must tolerate parameters without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    run_dir, resume_dir = _prepare_run_dir(cfg, accelerator)
-    accelerator.project_configuration.set_directories(str(run_dir))  # trackers log here
+    if accelerator.is_main_process and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)
 
-    # ---- data: the long-tailed split is saved with the run and reloaded on resume
-    split_path = run_dir / "split.json"
-    data = prepare_data(cfg, split_path=split_path if split_path.is_file() else None)
-    if accelerator.is_main_process and not split_path.is_file():
-        data.split.to_json(split_path)
+    # ---- the run directory is written only now, when the run really starts
     if accelerator.is_main_process:
-        (run_dir / "data.json").write_text(json.dumps(data_card(data, cfg), indent=2))
-    rank, world = accelerator.process_index, accelerator.num_processes
+        run.path.mkdir(parents=True, exist_ok=True)
+        if write_config:
+            run.write_config(cfg)
+        if not run.split_path.is_file():
+            data.split.to_json(run.split_path)
+        run.write_data(data_card(data, cfg))
+    accelerator.wait_for_everyone()
 
-    # ---- model, EMA, algorithm, optimiser
-    model = build_model(cfg, data.num_classes)
+    # ---- algorithm, diagnostics, optimiser, EMA
     algo = create_algorithm(
         cfg.algorithm,
         cfg=cfg,
@@ -204,20 +404,13 @@ def train(cfg: TrainConfig) -> dict:
         len(data.unlabeled.labels),
         rank=rank,
     )
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,  # on all parameters, as the release does
-    )
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    eval_loader = make_eval_loader(
-        data.test, cfg.eval_batch_size, data.mean, data.std, cfg.num_workers
-    )
     if cfg.compile:
         model = torch.compile(model)
-    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
     # EMA of the parameters, buffers (BN statistics) copied, as in USB
     ema = ModelEmaV3(
         accelerator.unwrap_model(model),
@@ -227,108 +420,96 @@ def train(cfg: TrainConfig) -> dict:
     )
     algo.to(accelerator.device)
     diag.to(accelerator.device)
-    state = TrainState()
+    progress_state = RunState()
     # the scheduler is stepped once per global step, so it is checkpointed but not `prepare`d
     objects = {
         "scheduler": scheduler,
         "ema": ema,
         "algorithm": algo,
-        "state": state,
+        "state": progress_state,
         "diagnostics": diag,
     }
     accelerator.register_for_checkpointing(*(objects[name] for name in CUSTOM_OBJECTS))
-
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
-        accelerator.print(f"resumed from {resume_dir} at step {state.step}")
-    start = state.step
-    lb_loader, ulb_loader = make_train_loaders(
+        accelerator.print(f"resumed from {resume_dir} at step {progress_state.step}")
+    start = progress_state.step
+
+    # ---- data streams on the device; batch i depends only on (seed, i, rank, world size)
+    data_device = "cpu" if cfg.data_device == "cpu" else accelerator.device
+    lb_stream, ulb_stream = make_train_loaders(
         data.labeled, data.unlabeled, cfg.batch_size, cfg.mu, data.mean, data.std,
-        seed=cfg.seed, rank=rank, world_size=world, num_workers=cfg.num_workers, start_step=start,
+        seed=cfg.seed, rank=rank, world_size=world, start_step=start,
+        device=accelerator.device, data_device=data_device,
     )  # fmt: skip
-    lb_iter, ulb_iter = iter(lb_loader), iter(ulb_loader)
+    lb_iter, ulb_iter = iter(lb_stream), iter(ulb_stream)
+    eval_batches = make_eval_loader(
+        data.test, cfg.eval_batch_size, data.mean, data.std,
+        device=accelerator.device, rank=rank, world_size=world,
+    )  # fmt: skip
 
-    metrics_path = run_dir / "metrics.jsonl"
-    history = _read_history(metrics_path, start)
+    history = run.read_metrics(up_to_step=start)
     if accelerator.is_main_process:  # drop evaluations newer than the checkpoint we resumed from
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        run.rewrite_metrics(history)
     if cfg.log_with != "none":
-        accelerator.init_trackers(run_dir.name, config=json.loads(json.dumps(cfg.to_dict())))
-    if accelerator.is_main_process:
-        n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-        accelerator.print(
-            f"{cfg.algorithm} | {cfg.backbone} ({n_params / 1e6:.2f}M params) | {cfg.dataset}: "
-            f"{len(data.labeled.labels)} labeled, {len(data.unlabeled.labels)} unlabeled, "
-            f"{len(data.test.labels)} test | {world} process(es), {accelerator.mixed_precision} | {run_dir}"
-        )
+        accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.to_dict())))
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    accelerator.print(
+        f"{cfg.algorithm} | {cfg.backbone} ({n_params / 1e6:.2f}M params) | {cfg.dataset}: "
+        f"{len(data.labeled.labels)} labeled, {len(data.unlabeled.labels)} unlabeled, "
+        f"{len(data.test.labels)} test | {world} process(es) on {device_name(accelerator.device)} | "
+        f"precision {accelerator.mixed_precision} ({why}) | {run.path}"
+    )
 
-    with _StopFlag() as stop:
-        images_per_step = cfg.batch_size * (1 + 2 * cfg.mu) * world
-        log_sums: dict[str, torch.Tensor] = {}
-        log_count, t_log, ips = 0, time.perf_counter(), float("nan")
-        bar = tqdm(
-            total=cfg.steps,
-            initial=start,
-            disable=not accelerator.is_local_main_process,
-            dynamic_ncols=True,
-        )
-        model.train()
+    parts = StepParts(
+        model,
+        algo,
+        optimizer,
+        scheduler,
+        ema,
+        accelerator,
+        cfg.steps,
+        cfg.channels_last,
+        cfg.ema_warmup,
+    )
+    images_per_step = cfg.batch_size * (1 + 2 * cfg.mu) * world
+    log_sums: dict[str, Tensor] = {}
+    log_count, t_log, ips = 0, time.perf_counter(), float("nan")
+    t_start, wall_before = time.perf_counter(), progress_state.wall_time_s
+    progress = Progress(cfg, start, accelerator.is_local_main_process)
+    model.train()
 
+    with StopSignal(accelerator, cfg.log_every) as stop:
         for step in range(start, cfg.steps):
-            # ---- one step: forward on [labeled weak | unlabeled weak | unlabeled strong]
-            lb, ulb = next(lb_iter), next(ulb_iter)
-            x = torch.cat([lb["x"], ulb["x_w"], ulb["x_s"]]).to(
-                accelerator.device, non_blocking=True
-            )
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            batch = {
-                "y_lb": lb["y"].to(accelerator.device),
-                "idx_lb": lb["idx"].to(accelerator.device),
-                "idx_ulb": ulb["idx"].to(accelerator.device),
-                "y_ulb": ulb["y"].to(accelerator.device),
-            }
-            with accelerator.autocast():
-                out = model(x)
-                loss, logs = algo.loss(out, batch, step, cfg.steps)
+            logs, out, batch = train_step(parts, next(lb_iter), next(ulb_iter), step)
             diag.update(out, batch)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            algo.after_step(step, cfg.steps)
-            ema.update(accelerator.unwrap_model(model), step=state.step if cfg.ema_warmup else None)
-            state.step = step + 1
+            progress_state.step = step + 1
+            progress_state.wall_time_s = wall_before + time.perf_counter() - t_start
+            progress.step()
 
             # ---- logging (tensors are summed on device; one sync per log window)
-            logs = {"loss": loss.detach(), **logs}
             for k, v in logs.items():
                 log_sums[k] = log_sums.get(k, 0) + v.detach().float()
             log_count += 1
-            bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            if progress_state.step % cfg.log_every == 0 or progress_state.step == cfg.steps:
                 now = time.perf_counter()
                 ips = images_per_step * log_count / max(now - t_log, 1e-9)
                 avg = {k: (v / log_count).item() for k, v in log_sums.items()}
-                bar.set_postfix(
-                    loss=f"{avg['loss']:.3f}",
-                    mask=f"{avg.get('mask', float('nan')):.2f}",
-                    img_s=f"{ips:.0f}",
-                )
+                progress.log(progress_state.step, avg, ips)
                 accelerator.log(
                     {f"train/{k}": v for k, v in avg.items()} | {"train/images_per_s": ips},
-                    step=state.step,
+                    step=progress_state.step,
                 )
                 log_sums, log_count, t_log = {}, 0, now
 
             # ---- evaluation with the EMA model and the algorithm's head
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            if progress_state.step % cfg.eval_every == 0 or progress_state.step == cfg.steps:
                 metrics, preds = evaluate(
-                    ema.module, eval_loader, algo.eval_head, accelerator,
+                    ema.module, eval_batches, algo.eval_head, accelerator,
                     data.num_classes, data.labeled_counts, cfg.channels_last,
                 )  # fmt: skip
                 record = {
-                    "step": state.step,
+                    "step": progress_state.step,
                     **metrics,
                     "diagnostics": diag.compute(algo),
                     "images_per_s": ips,
@@ -336,58 +517,59 @@ def train(cfg: TrainConfig) -> dict:
                 }
                 history.append(record)
                 if accelerator.is_main_process:
-                    _log_line(metrics_path, record)
-                    np.savez(run_dir / "predictions.npz", **preds, step=state.step)
+                    run.append_metrics(record)
+                    run.write_predictions(preds, progress_state.step)
                 accelerator.log(
                     {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)},
-                    step=state.step,
+                    step=progress_state.step,
                 )
-                if accelerator.is_local_main_process:
-                    bar.write(
-                        f"step {state.step}: top1 {metrics['top1']:.2f} | balanced {metrics['balanced_acc']:.2f}"
-                        f" | head/medium/tail {metrics['head']:.1f}/{metrics['medium']:.1f}/{metrics['tail']:.1f}"
-                    )
+                progress.write(
+                    f"step {progress_state.step}: top1 {metrics['top1']:.2f} | balanced "
+                    f"{metrics['balanced_acc']:.2f} | head/medium/tail {metrics['head']:.1f}/"
+                    f"{metrics['medium']:.1f}/{metrics['tail']:.1f}"
+                )
 
-            # ---- checkpoints: periodic, at the end, and when asked to stop
-            finished = state.step == cfg.steps
-            if state.step % cfg.checkpoint_every == 0 or finished or stop.set:
+            # ---- checkpoints: periodic, at the end, and when asked to stop (all ranks together)
+            finished = progress_state.step == cfg.steps
+            stopping = not finished and stop.should_stop(progress_state.step)
+            if progress_state.step % cfg.checkpoint_every == 0 or finished or stopping:
                 save_checkpoint(
-                    accelerator, run_dir / "checkpoints", state.step, cfg.keep_checkpoints
+                    accelerator, run.checkpoints_dir, progress_state.step, cfg.keep_checkpoints
                 )
-            if stop.set and not finished:
-                bar.close()
+            if stopping:
+                progress.close()
                 accelerator.print(
-                    f"stopped at step {state.step}; checkpoint saved. Resume with: --resume --output-dir {run_dir}"
+                    f"stopped at step {progress_state.step}; checkpoint saved. Resume with: "
+                    f"--resume --output-dir {run.path}"
                 )
                 accelerator.end_training()
-                raise KeyboardInterrupt
+                return TrainResult(
+                    "stopped", progress_state.step, run.path, signum=stop.signum or signal.SIGTERM
+                )
 
-    bar.close()
-    summary = summarize(history) | {
-        "status": "complete",
-        "steps": cfg.steps,
-        "algorithm": cfg.algorithm,
-        "backbone": cfg.backbone,
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "params": sum(p.numel() for p in ema.module.parameters()),
-        "images_per_s": float(np.nanmedian([r["images_per_s"] for r in history]))
-        if history
-        else None,
-        "num_processes": world,
-        "mixed_precision": accelerator.mixed_precision,
-        "labeled_counts": data.labeled_counts,
-        "eval_head": algo.eval_head,
-    }
+    progress.close()
+    summary = summary_record(
+        cfg,
+        history,
+        status="complete",
+        params=sum(p.numel() for p in ema.module.parameters()),
+        images_per_s=_median([r["images_per_s"] for r in history]),
+        num_processes=world,
+        mixed_precision=accelerator.mixed_precision,
+        device=device_name(accelerator.device),
+        wall_time_s=progress_state.wall_time_s,  # all parts of the run, resumes included
+        labeled_counts=data.labeled_counts,
+    )
+    summary["device_hours"] = summary["wall_time_s"] * world / 3600.0
     if accelerator.is_main_process:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        run.write_summary(summary)
         accelerator.print(
             json.dumps({k: summary[k] for k in ("best_top1", "best_step", "last")}, indent=None)
         )
-        if cfg.export:
-            from bacon_zoo.hub.export import export_run
-
-            out = export_run(run_dir)
-            accelerator.print(f"exported to {out}")
     accelerator.end_training()
-    return summary
+    return TrainResult("complete", cfg.steps, run.path, summary)
+
+
+def _median(values: list[float]) -> float | None:
+    finite = sorted(v for v in values if v is not None and math.isfinite(v))
+    return finite[len(finite) // 2] if finite else None
