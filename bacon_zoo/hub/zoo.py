@@ -174,7 +174,7 @@ def entry_note(entry: dict) -> str:
     if (entry.get("contrastive") or {}).get("engaged") is False:
         notes.append("BaCon term never engaged")
     if entry.get("twin_identical"):
-        notes.append(f"scores exactly as {entry['twin_identical']}")
+        notes.append(f"BaCon term had no effect: scores exactly as {entry['twin_identical']}")
     if entry.get("protocol", "v1") != "release-v2":
         notes.append(f"earlier network (protocol {entry.get('protocol', 'v1')})")
     return "; ".join(notes)
