@@ -196,6 +196,8 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path, run_c
     for damage in (_truncate, _drop_custom, _drop_manifest):
         newest = damaged / "checkpoints/step_0000004"
         reason = damage(newest)
+        # as if the run had been stopped right after its last checkpoint: not finished yet
+        (damaged / "summary.json").unlink(missing_ok=True)
         r = run_cli([*tiny_train(damaged, *sets), "--resume"])
         assert r.code == 0, (damage.__name__, r)
         skipped = [x for x in r.err.splitlines() if x.startswith("skipping ")]
