@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from bacon_zoo.config import parse_set
+from bacon_zoo.config import TrainConfig, parse_set
 from bacon_zoo.errors import UserError
 from bacon_zoo.study import cli as study_cli
 from bacon_zoo.study.grid import (
@@ -302,3 +302,125 @@ def test_failed_cell_is_reported_with_its_error(tmp_path, offline_single_thread,
     assert row["status"] == "failed" and row["error"].startswith("unknown backbone 'no_such_net'")
     report = (out / "report.md").read_text()
     assert "`backbone=no_such_net__seed=0` — failed: unknown backbone 'no_such_net'" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# cost model, LPT shards, --cell, --devices, YAML 1.2 values
+
+
+def test_lpt_puts_expensive_cells_on_different_shards_and_balances_totals():
+    from bacon_zoo.study.cost import lpt_shards, shard_totals
+
+    costs = [1.0, 16.0, 1.0, 1.0, 16.0, 2.6, 2.6, 1.0, 6.0]
+    shards = lpt_shards(costs, 2)
+    assert sorted(i for s in shards for i in s) == list(range(len(costs)))
+    assert [1 in s for s in shards] != [4 in s for s in shards]  # the two 16s split
+    totals = shard_totals(costs, shards)
+    assert max(totals) - min(totals) <= min(costs)  # balanced to within the smallest cell
+    round_robin = [sum(costs[i::2]) for i in range(2)]  # 26.6 vs 20.6
+    assert max(totals) - min(totals) < max(round_robin) - min(round_robin)
+    assert lpt_shards(costs, 2) == shards  # deterministic: every shard computes the same split
+    assert lpt_shards([5.0], 3) == [[0], [], []]
+
+
+def test_cost_factor_and_estimate_formula():
+    from bacon_zoo.study.cost import ASSUMED_REFERENCE, cost_factor, estimate_cell
+
+    small, big = cost_factor("wrn28_2"), cost_factor("wrn28_8")
+    assert 1.4e6 < small.params < 1.6e6 and big.flops / small.flops > 10
+    cfg = TrainConfig(backbone="wrn28_2", steps=1000, batch_size=64, mu=2, eval_every=500)
+    est = estimate_cell("c", cfg)
+    images = 1000 * 64 * 5 + 2 * 10_000 / 3  # train + eval/3 (cifar10's 10k test images)
+    assert est.source == "assumed" and est.images == pytest.approx(images)
+    assert est.device_hours == pytest.approx(images / ASSUMED_REFERENCE.images_per_s / 3600)
+    measured = estimate_cell("c", cfg, {("wrn28_2", 32): 1000.0})
+    assert measured.source == "measured" and measured.images_per_s == 1000.0
+    scaled = estimate_cell("c", TrainConfig(backbone="wrn28_8"), {("wrn28_2", 32): 1000.0})
+    assert scaled.source == "flop-scaled"
+    assert scaled.images_per_s == pytest.approx(1000.0 * small.flops / big.flops)
+    with pytest.raises(UserError, match="unknown backbone"):
+        cost_factor("no_such_net")
+
+
+def test_cost_sharding_and_cell_selection(tmp_path):
+    from bacon_zoo.study.runner import select_cells
+
+    grid = {"backbone": ["wrn28_8", "wrn28_2"], "algorithm": ["abc", "bacon"]}
+    plan = plan_study(tmp_path, "cifar10_lt", grid=grid, seeds=[0], sets=["steps=20"])
+    shards = [select_cells(plan, (i, 2)) for i in range(2)]
+    assert sorted(c.name for s in shards for c in s) == sorted(c.name for c in plan.cells)
+    for s in shards:  # each shard gets one expensive and one cheap cell, not both wrn28_8s
+        assert sorted(c.values["backbone"] for c in s) == ["wrn28_2", "wrn28_8"]
+    one = select_cells(plan, cell=plan.cells[2].name)
+    assert [c.name for c in one] == [plan.cells[2].name]
+    with pytest.raises(UserError, match="did you mean"):
+        select_cells(plan, cell=plan.cells[2].name + "x")
+    with pytest.raises(UserError, match="drop --shard"):
+        select_cells(plan, (0, 2), cell=plan.cells[0].name)
+
+
+def test_mixed_precision_no_stays_a_string(tmp_path):
+    assert parse_grid(["mixed_precision=no,bf16"]) == {"mixed_precision": ["no", "bf16"]}
+    plan = plan_study(tmp_path, "cifar10_lt", grid={"mixed_precision": ["no", "bf16"]})
+    assert [cell_config(plan.common, c, tmp_path).mixed_precision for c in plan.cells] == [
+        "no",
+        "bf16",
+    ]
+    assert plan.cells[0].name == "mixed_precision=no__seed=0"
+
+
+FAKE_DEVICE_CELL = """
+import json, os, sys, time
+out = sys.argv[sys.argv.index("--output-dir") + 1]
+os.makedirs(out, exist_ok=True)
+t0 = time.time()
+time.sleep(0.4)
+json.dump({"status": "complete", "best_top1": 1.0, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+           "t0": t0, "t1": time.time()}, open(os.path.join(out, "summary.json"), "w"))
+"""
+
+
+def test_devices_run_one_cell_per_device_at_once(tmp_path):
+    from bacon_zoo.study.runner import parse_devices, run_study
+
+    fake = tmp_path / "cell.py"
+    fake.write_text(FAKE_DEVICE_CELL)
+    plan = plan_study(tmp_path / "s", grid={"lr": [0.01, 0.02, 0.03, 0.04, 0.05]}, sets=TINY)
+    devices = parse_devices("3,5")
+    outcome = run_study(
+        plan, launcher=f"{sys.executable} {fake}", devices=devices, log=lambda m: None, poll_s=0.02
+    )
+    assert len(outcome["trained"]) == 5
+    runs = [json.loads((plan.cell_dir(c) / "summary.json").read_text()) for c in plan.cells]
+    assert {r["cuda"] for r in runs} == {"3", "5"}
+    for a in runs:
+        for b in runs:
+            overlap = a is not b and a["t0"] < b["t1"] and b["t0"] < a["t1"]
+            assert not (overlap and a["cuda"] == b["cuda"]), (a, b)  # never two cells on one device
+    assert any(a["t0"] < b["t1"] and b["t0"] < a["t1"] for a in runs for b in runs if a is not b)
+    logs = [(plan.cell_dir(c) / "stdout.log").read_text() for c in plan.cells]
+    assert all("CUDA_VISIBLE_DEVICES=" in text for text in logs)
+    for bad in ("0,0", "0,,1"):
+        with pytest.raises(UserError, match="--devices"):
+            parse_devices(bad)
+
+
+def test_stopped_cell_is_interrupted_not_failed(tmp_path):
+    from bacon_zoo.study.runner import cell_outcome
+
+    (tmp_path / "summary.json").write_text("{}")
+    for code in (130, 143, -15, -2):
+        assert cell_outcome(tmp_path, code, "stopped at step 3") == ("stopped", "")
+        assert not (tmp_path / "error.log").exists()
+    assert cell_outcome(tmp_path, 1, "RuntimeError: boom")[0] == "failed"
+    assert (tmp_path / "error.log").read_text().startswith("RuntimeError: boom")
+
+
+def test_estimate_and_dry_run_print_the_cost(tmp_path, capsys):
+    assert study("estimate", "--recipe", "study_backbones") == 0
+    text = capsys.readouterr().out
+    assert "ESTIMATE" in text and "| **total (estimate)** | | 90 |" in text and "assumed" in text
+    assert study("run", "--recipe", "cifar10_lt", "--out", str(tmp_path), "--dry-run") == 0
+    assert "[missing]" in capsys.readouterr().out
+    with pytest.raises(UserError, match="unknown backbone 'no_such_net'"):
+        study("run", "--grid", "backbone=no_such_net", "--out", str(tmp_path / "x"), "--dry-run")
