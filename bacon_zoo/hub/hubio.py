@@ -146,6 +146,7 @@ def check_export(export_dir: Path) -> None:
 def _staged(export_dir: Path, repo_id: str) -> Iterator[Path]:
     """A hard-linked copy of the export whose card names `repo_id`; the export itself is not touched."""
     from bacon_zoo.hub.card import build_card
+    from bacon_zoo.hub.export import export_changes
 
     with tempfile.TemporaryDirectory(prefix="bacon-zoo-push-") as tmp:
         stage = Path(tmp) / export_dir.name
@@ -157,7 +158,8 @@ def _staged(export_dir: Path, repo_id: str) -> Iterator[Path]:
                 shutil.copy2(src, dst)
 
         shutil.copytree(export_dir, stage, copy_function=link)
-        if (export_dir / NET_CONFIG).is_file():
+        edited = any(c.startswith(f"{CARD} ") for c in export_changes(export_dir))
+        if (export_dir / NET_CONFIG).is_file() and not edited:  # a hand-edited card goes up as is
             (stage / "README.md").unlink()
             build_card(export_dir, hub_id=repo_id).save(stage / "README.md")
         yield stage
