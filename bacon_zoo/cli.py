@@ -17,7 +17,6 @@ from bacon_zoo.errors import UserError
 EXIT_USER_ERROR = 2  # bad input: fix the command; retrying it unchanged fails again
 
 COMMAND_MODULES = [
-    "bacon_zoo.train.cli",
     "bacon_zoo.data.cli",
     "bacon_zoo.hub.cli",
     "bacon_zoo.study.cli",
@@ -49,9 +48,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bacon-zoo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return parser
+
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`bacon-zoo train` (and `accelerate launch train.py`): it lives here, at the top layer, because
+    it drives both the trainer and the export that follows it."""
+    from bacon_zoo.config import add_config_args
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train FixMatch, ABC or BaCon on a long-tailed split (run under `accelerate launch` to scale)",
+        description="Defaults reproduce the paper's CIFAR-10-LT BaCon setting; a recipe and flags override them.",
+    )
+    add_config_args(parser)
+    parser.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train (or resume), then export a complete run: exit 0, or 128 + signal after a stop."""
+    from bacon_zoo.config import config_from_args, dumps
+
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(dumps(cfg), end="")
+        return 0
+    from accelerate import PartialState
+
+    from bacon_zoo.train.trainer import train
+
+    result = train(cfg)
+    if result.status != "complete":
+        return result.exit_code
+    if cfg.export and PartialState().is_main_process:
+        from bacon_zoo.hub.export import export_run
+
+        export = result.run_dir / "export"
+        if result.trained or not export.is_dir():
+            print(f"exported to {export_run(result.run_dir)}", file=sys.stderr)
+        else:  # a finished run that was only reported keeps the export it has
+            print(f"its export is {export}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"bacon-zoo {args.command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt as e:  # TrainingStopped carries the signal's conventional code
-        code = getattr(e, "exit_code", 130)
-        print(one_line(e) or "interrupted", file=sys.stderr)
-        return code
+    except KeyboardInterrupt:  # Ctrl-C outside training (the trainer itself stops cleanly)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.train.checkpoint import (
+from bacon_zoo.run.checkpoint import (
     CUSTOM_OBJECTS,
     MANIFEST,
     find_resume_dir,

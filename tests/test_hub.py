@@ -37,8 +37,8 @@ from bacon_zoo.hub.names import model_name, setting_string, setting_tag
 from bacon_zoo.metrics import summarize
 from bacon_zoo.models import BaconNet
 from bacon_zoo.run import RunDir
+from bacon_zoo.run.checkpoint import CUSTOM_OBJECTS, write_manifest
 from bacon_zoo.run.weights import load_bacon_net, load_bacon_net_weights
-from bacon_zoo.train.checkpoint import CUSTOM_OBJECTS, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "frog"]

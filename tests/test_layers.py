@@ -287,7 +287,7 @@ ROOT_HUB = (
     "the root (__version__): the root must not import hub"
 )
 RUN_TRAIN = (
-    "bacon_zoo/run/__init__.py imports bacon_zoo.train.checkpoint (pending: checkpoint.py moves "
+    "bacon_zoo/run/__init__.py imports bacon_zoo.run.checkpoint (pending: checkpoint.py moves "
     "into bacon_zoo/run/)"
 )
 

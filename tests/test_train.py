@@ -41,10 +41,13 @@ def tiny_cfg(out: Path, *extra: str):
     return build_config(None, None, [*TINY, f"output_dir={out}", *extra])
 
 
-def run(cfg):
+def run(cfg) -> dict:
+    """Train to completion and return the summary."""
     from bacon_zoo.train.trainer import train
 
-    return train(cfg)
+    result = train(cfg)
+    assert result.status == "complete", result
+    return result.summary
 
 
 @pytest.mark.parametrize("algorithm", ["fixmatch", "abc", "bacon"])
@@ -86,8 +89,10 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
 
     interrupted = tmp_path / "interrupted"
     monkeypatch.setattr(BaCon, "after_step", after_step)
-    with pytest.raises(KeyboardInterrupt):
-        run(tiny_cfg(interrupted))
+    from bacon_zoo.train.trainer import train
+
+    stopped = train(tiny_cfg(interrupted))
+    assert (stopped.status, stopped.step, stopped.exit_code) == ("stopped", 2, 143)
     assert [p.name for p in (interrupted / "checkpoints").iterdir()] == ["step_0000002"]
     monkeypatch.setattr(BaCon, "after_step", original)
     AcceleratorState._reset_state(True)

@@ -206,23 +206,26 @@ class RunDir:
 
     # ---- checkpoints
     def checkpoints(self) -> list[Path]:
-        from bacon_zoo.train.checkpoint import list_checkpoints
+        from bacon_zoo.run.checkpoint import list_checkpoints
 
         return list_checkpoints(self.checkpoints_dir)
 
-    def checkpoint(self, checkpoint: str | Path | None = None) -> Path:
-        """`checkpoint` (a step_N dir) or the newest complete one; a one-line error if there is none."""
-        from bacon_zoo.train.checkpoint import find_resume_dir
+    def checkpoint(self, checkpoint: str | int | Path | None = None) -> Path:
+        """A verified checkpoint: `checkpoint` (a step number or a step_N folder) or the newest
+        complete one (damaged newer ones are named and skipped); a one-line error if there is none."""
+        from bacon_zoo.run.checkpoint import find_resume_dir, latest_complete
 
-        if checkpoint is not None:
-            found = find_resume_dir(str(checkpoint), self.checkpoints_dir)
-        else:
-            found = find_resume_dir("auto", self.checkpoints_dir)
-        if found is None:
-            raise UserError(
-                f"{self.path} has no complete checkpoint ({CHECKPOINTS}/step_N); train or resume it first"
-            )
-        return found
+        if checkpoint is None:
+            found = latest_complete(self.checkpoints_dir)
+            if found is None:
+                raise UserError(
+                    f"{self.path} has no complete checkpoint ({CHECKPOINTS}/step_N); train or "
+                    "resume it first"
+                )
+            return found
+        if isinstance(checkpoint, int) or str(checkpoint).isdigit():
+            checkpoint = self.checkpoints_dir / f"step_{int(checkpoint):07d}"
+        return find_resume_dir(str(checkpoint), self.checkpoints_dir)
 
     # ---- the model
     def eval_head(self) -> str:
@@ -234,7 +237,7 @@ class RunDir:
 
     def load_ema_model(self, checkpoint: str | Path | None = None) -> tuple[BaconNet, Path]:
         """The EMA BaconNet of a checkpoint (the weights that are evaluated and exported), in eval mode."""
-        from bacon_zoo.train.checkpoint import load_ema_weights
+        from bacon_zoo.run.checkpoint import load_ema_weights
 
         ckpt = self.checkpoint(checkpoint)
         model = self.build_model()

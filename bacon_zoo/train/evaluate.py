@@ -50,7 +50,7 @@ def predict(
         parts["labels"].append(batch["y"])
         parts["indices"].append(batch["idx"])
         if features:
-            parts["features"].append(out.features.float())
+            parts["features"].append(out.feat.float())
             parts["projections"].append(out.proj.float())
     model.train(was_training)
     local = {k: torch.cat(v).cpu().numpy() if v else np.empty(0) for k, v in parts.items()}

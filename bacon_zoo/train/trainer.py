@@ -40,7 +40,7 @@ from bacon_zoo.data import SSLData, make_eval_loader, make_train_loaders, prepar
 from bacon_zoo.errors import UserError
 from bacon_zoo.models import BaconNet
 from bacon_zoo.run import RunDir, build_model, summary_record
-from bacon_zoo.train.checkpoint import CUSTOM_OBJECTS, TrainState, find_resume_dir, save_checkpoint
+from bacon_zoo.run.checkpoint import CUSTOM_OBJECTS, TrainState, find_resume_dir, save_checkpoint
 from bacon_zoo.train.diagnostics import TrainingDiagnostics
 from bacon_zoo.train.evaluate import evaluate
 from bacon_zoo.train.precision import device_name, resolve_precision
@@ -58,6 +58,7 @@ class TrainResult:
     run_dir: Path
     summary: dict | None = None
     signum: int | None = None
+    trained: bool = True  # False: the run was already complete and was only reported
 
     @property
     def exit_code(self) -> int:
@@ -221,6 +222,26 @@ def _resume_point(cfg: TrainConfig, run: RunDir) -> tuple[Path | None, bool]:
     return resume_dir, saved.steps != cfg.steps
 
 
+# the package each `--log-with` tracker needs (accelerate only warns and trains without it)
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "trackio": ("trackio",),
+}
+
+
+def _check_tracker(log_with: str) -> None:
+    """Refuse a tracker whose package is missing before anything runs or is written."""
+    import importlib.util
+
+    packages = TRACKER_PACKAGES.get(log_with, ())
+    if packages and not any(importlib.util.find_spec(p) for p in packages):
+        raise UserError(
+            f"--log-with {log_with} needs the '{packages[0]}' package (pip install {packages[0]}); "
+            "or use --log-with none"
+        )
+
+
 def _check_backbone_runs(model: BaconNet, cfg: TrainConfig) -> None:
     """One dummy forward at the run's image size, so a backbone/size mismatch fails before the data
     is touched, in one line saying which sizes the backbone takes."""
@@ -288,6 +309,18 @@ class Progress:
             self.bar.close()
 
 
+def _configure_logging() -> None:
+    """Our progress lines to stderr at INFO (main process: accelerate's logger filters the others);
+    accelerate's own INFO chatter (every checkpoint file) stays at the root logger's level."""
+    base = logging.getLogger("bacon_zoo")
+    if not base.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        base.addHandler(handler)
+        base.setLevel(logging.INFO)
+        base.propagate = False
+
+
 def _hms(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -337,22 +370,25 @@ def train(cfg: TrainConfig) -> TrainResult:
     # ---- checks, before anything is written
     run = RunDir(cfg.output_dir or default_run_dir(cfg))
     _check_output_dir(run.path)
+    _check_tracker(cfg.log_with)
     resume_dir, write_config = _resume_point(cfg, run)
-    done = run.read_summary() if resume_dir is not None else None
+    resume_step = int(resume_dir.name.split("_")[-1]) if resume_dir is not None else 0
+    done = run.read_summary() if resume_step == cfg.steps else None
     if done and done.get("status") == "complete" and done.get("steps") == cfg.steps:
         print(
             f"{run.path} is already complete ({cfg.steps} steps, best top-1 {done['best_top1']:.2f}); "
             "raise --steps to train further, or choose another --output-dir",
             file=sys.stderr,
         )
-        return TrainResult("complete", cfg.steps, run.path, done)
-    if resume_dir is not None and int(resume_dir.name.split("_")[-1]) > cfg.steps:
+        return TrainResult("complete", cfg.steps, run.path, done, trained=False)
+    if resume_step > cfg.steps:
         raise UserError(
             f"{resume_dir} is past --steps {cfg.steps}; --steps can only grow on resume"
         )
 
     state = PartialState(cpu=cfg.cpu)
     precision, why = resolve_precision(cfg.mixed_precision, state.device)
+    set_seed(cfg.seed)  # the initial weights are a function of the seed
     data = prepare_data(cfg, split_path=run.split_path if run.split_path.is_file() else None)
     model = build_model(cfg, data.num_classes)
     _check_backbone_runs(model, cfg)
@@ -366,10 +402,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         # loss after `bacon.start`: DDP must tolerate parameters without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    if accelerator.is_main_process and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _configure_logging()
     rank, world = accelerator.process_index, accelerator.num_processes
-    set_seed(cfg.seed)
 
     # ---- the run directory is written only now, when the run really starts
     if accelerator.is_main_process:
