@@ -336,6 +336,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "cpu_affinity": affinity,
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": _cpu_capability(),
+        "cpu_native_bf16": _cpu_native_bf16(),
         "load_average_1_5_15": load_average(),
         **{"git_" + k: v for k, v in git_commit().items()},
     }
@@ -348,6 +349,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _cpu_native_bf16() -> bool | None:
+    """AVX-512-BF16 or AMX (what `mixed_precision: auto` looks at on a CPU)."""
+    try:
+        from bacon_zoo.train.precision import cpu_has_native_bf16
+
+        return cpu_has_native_bf16()
+    except Exception:
+        return None
 
 
 def _cpu_capability() -> str | None:
@@ -401,3 +412,70 @@ def fmt_ms(x: float | None) -> str:
     if x >= 1:
         return f"{x:.2f}"
     return f"{x:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference step: the bare backbone
+
+
+class BareBackbone:
+    """The network alone, the denominator of every "trainer / backbone" ratio: the run's timm
+    backbone + one linear head, cross-entropy over every image, backward, the trainer's SGD
+    (`make_optimizer`: same groups, lr, momentum, weight decay). No EMA, no algorithm, no data
+    pipeline: what a step would cost if the network were the only work.
+
+    Built from `build_model(cfg, K)` (the run's own backbone and init) under a forked RNG, so making
+    it inside a training process does not move that process's random stream.
+    """
+
+    def __init__(self, cfg: Any, num_classes: int, device: torch.device) -> None:
+        from bacon_zoo.run import build_model
+        from bacon_zoo.train.trainer import make_optimizer
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            net = build_model(cfg, num_classes)
+            model = torch.nn.Sequential(
+                net.backbone, torch.nn.Linear(net.num_features, num_classes)
+            )
+        self.channels_last = bool(cfg.channels_last)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(device=device, memory_format=fmt).train()
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.device = device
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, accelerator: Any) -> None:
+        """Forward under the accelerator's autocast (the trainer's precision), CE in fp32 (as
+        accelerate's prepared models return fp32 outputs), backward, SGD."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = self.model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        accelerator.backward(loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def random_images(
+    n: int, num_classes: int, image_size: int, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32 [n, 3, S, S] ~ N(0, 1), the scale of normalised images; y int64 [n]) on `device`."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, image_size, image_size, generator=g)
+    y = torch.randint(num_classes, (n,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and inter-quartile range of a list of ratios (or any figure)."""
+    if not values:
+        return {"n": 0, "median": None, "min": None, "max": None, "iqr": None, "samples": []}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "iqr": _iqr(values),
+        "samples": [round(v, 4) for v in values],
+    }

@@ -1,12 +1,16 @@
-"""Wall time of one training step: backbone alone vs FixMatch vs ABC vs BaCon (contrastive term on).
+"""Wall time of one training step: the bare backbone vs the trainer's real step for FixMatch, ABC, BaCon.
 
-Same random batch, same WRN-28-2 and same SGD for all four variants:
-  a  backbone  timm backbone forward + a linear head + CE over every row, backward, SGD step
-  b  fixmatch  BaconNet forward over cat([x_lb, x_w, x_s]) + FixMatch loss + backward + SGD + after_step
-  c  abc       same with ABC's losses
-  d  bacon     same with BaCon, contrastive term active (see below)
-The variants are measured interleaved -- one step of each per round, the order rotated every round --
-so a slow spell on a shared machine hits all of them; ratios are the median of the per-round ratios.
+Same random batch, same WRN-28-2, same SGD (`make_optimizer`) for all four variants:
+  a  backbone  `common.BareBackbone`: backbone + a linear head + CE over every image, backward, SGD
+               (not `train_step`: the network alone, the reference)
+  b  fixmatch  `bacon_zoo.train.trainer.train_step`: forward of the BaconNet on cat([x_lb, x_w, x_s]),
+               the algorithm's loss, backward, SGD, schedule, `after_step`, EMA -- what the loop runs
+  c  abc       the same with ABC
+  d  bacon     the same with BaCon, contrastive term active (see below)
+Each variant has its own `StepParts` (model from `build_model`, optimizer, LambdaLR, timm EMA, the
+algorithm) and the same `Accelerator` (precision = its `mixed_precision`). The variants are measured
+interleaved -- one step of each per round, the order rotated every round -- so a slow spell on a shared
+machine hits all of them; ratios are the median of the per-round ratios.
 
 How BaCon's contrastive path is made to run on random data (stated in the JSON too): the step index is
 past `cfg.bacon.start * T`, every bank slot is pre-filled (random label, random feature) so every class
@@ -15,15 +19,14 @@ and every sample writes the label and feature banks each step (the most bank wor
 Bank sizes: K=10 -> the CIFAR-10-LT split (N1=1000, M1=4000, gamma 100: 12.4k slots); other K ->
 50k slots (K=100: the whole CIFAR-100 train set), labeled counts long-tailed (N1=200, gamma 20).
 
-Defaults: on CUDA B=64, mu=2, 5 warm-up + 20 timed rounds. On CPU a WRN-28-2 step at B=64 takes
-tens of seconds (and bf16 convolutions without AVX-512-BF16/AMX fall back to a slow reference kernel),
-so the CPU default is B=2, 1 warm-up + up to 8 timed rounds within a time budget (--budget-s).
+Defaults: on CUDA B=64, mu=2, 5 warm-up + 20 timed rounds. On CPU B=16, mu=2, 1 warm-up + up to 8
+timed rounds within a time budget (--budget-s); bf16 only where the CPU runs it natively (AVX-512-BF16
+or AMX: elsewhere bf16 convolutions fall back to a reference kernel ~50x slower than fp32).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -34,13 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from bacon_zoo.algorithms import create_algorithm  # noqa: E402
-from bacon_zoo.config import TrainConfig  # noqa: E402
-from bacon_zoo.data.splits import lt_class_counts  # noqa: E402
-from bacon_zoo.models import BaconNet, BaconOutput  # noqa: E402
 
 VARIANTS = ("backbone", "fixmatch", "abc", "bacon")
 LETTER = {"backbone": "a", "fixmatch": "b", "abc": "c", "bacon": "d"}
@@ -53,10 +49,14 @@ RATIOS = (
 TOTAL_STEPS = 10_000
 FIRST_STEP = 6_000  # > bacon.start (0.5) * TOTAL_STEPS: the contrastive term is active
 TARGET_BACON_OVER_FIXMATCH = 1.03  # at K=100
+DTYPE_TO_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+BACON_SETS = ["bacon.anchor_threshold=0", "bacon.bank_threshold=0"]
 
 
 def bank_layout(num_classes: int, slots: int | None) -> tuple[list[int], int, int]:
     """(labeled_counts, N_L, N_U) for a class count; see the module docstring."""
+    from bacon_zoo.data.splits import lt_class_counts
+
     if num_classes == 10 and slots is None:
         lab = lt_class_counts(1000, 10, 100)
         return lab, sum(lab), sum(lt_class_counts(4000, 10, 100))
@@ -69,161 +69,148 @@ def bank_layout(num_classes: int, slots: int | None) -> tuple[list[int], int, in
     return lab, n_l, max(1, total - n_l)
 
 
-class Runner:
-    """One variant: model, optimizer, algorithm; `step()` runs one full training step."""
+@torch.no_grad()
+def prefill_bank(bank: Any, num_classes: int) -> dict[str, Any]:
+    """Every slot written (random label, every class present; random feature): all centers valid."""
+    n = bank.labels.numel()
+    g = torch.Generator().manual_seed(1234)
+    labels = torch.randint(num_classes, (n,), generator=g)
+    labels[: min(n, num_classes)] = torch.arange(min(n, num_classes))
+    feats = torch.randn(n, bank.dim, generator=g)
+    slots, ones = torch.arange(n), torch.ones(n, dtype=torch.bool)
+    dev = bank.labels.device
+    bank.update_labels(slots.to(dev), labels.to(dev), ones.to(dev))
+    bank.update_features(slots.to(dev), feats.to(dev), ones.to(dev))
+    return {
+        "bank_slots": n,
+        "bank_prefilled": True,
+        "centers_valid_fraction": float((bank.counts > 0).float().mean()),
+    }
+
+
+class Variant:
+    """One variant: the bare backbone, or an algorithm's `StepParts` driven by the real `train_step`."""
 
     def __init__(
         self,
-        variant: str,
+        name: str,
         num_classes: int,
         layout: tuple[list[int], int, int],
-        device: torch.device,
-        amp: torch.dtype | None,
+        accelerator: Any,
+        precision: str,
         args: argparse.Namespace,
     ) -> None:
-        self.variant, self.device, self.amp = variant, device, amp
-        torch.manual_seed(args.seed)  # identical initial weights for every variant
-        net = BaconNet(args.backbone, num_classes=num_classes, proj_dim=16)
-        self.num_features = net.num_features
-        if variant == "backbone":
-            model: nn.Module = nn.Sequential(net.backbone, nn.Linear(net.num_features, num_classes))
-        else:
-            model = net
-        self.model = model.to(device=device, memory_format=torch.channels_last)
-        self.opt = torch.optim.SGD(
-            self.model.parameters(), lr=0.03, momentum=0.9, nesterov=True, weight_decay=5e-4
-        )
-        self.ema = None
-        if args.ema:
-            from timm.utils import ModelEmaV3
+        from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(self.model, decay=0.999, exclude_buffers=True)
-        self.algo = None
-        self.algo_info: dict[str, Any] = {}
-        if variant != "backbone":
-            labeled_counts, n_l, n_u = layout
-            cfg = TrainConfig(algorithm=variant, batch_size=args.batch_size, mu=args.mu)
-            if variant == "bacon":
-                cfg.bacon.anchor_threshold = 0.0
-                cfg.bacon.bank_threshold = 0.0
-            self.algo = create_algorithm(
-                variant,
-                cfg=cfg,
-                num_classes=num_classes,
-                labeled_counts=labeled_counts,
-                num_labeled=n_l,
-                num_unlabeled=n_u,
-                seed=args.seed,
-            ).to(device)
-            if variant == "bacon":
-                self._prefill_bank(num_classes)
-        self.last_logs: dict[str, float] = {}
+        from bacon_zoo.algorithms import create_algorithm
+        from bacon_zoo.config import build_config
+        from bacon_zoo.run import build_model
+        from bacon_zoo.train.trainer import StepParts, lr_lambda, make_optimizer
 
-    @torch.no_grad()
-    def _prefill_bank(self, num_classes: int) -> None:
-        bank = self.algo.bank
-        n = bank.labels.numel()
-        g = torch.Generator().manual_seed(1234)
-        labels = torch.randint(num_classes, (n,), generator=g)
-        labels[: min(n, num_classes)] = torch.arange(min(n, num_classes))  # every class present
-        feats = torch.randn(n, bank.dim, generator=g)
-        slots, ones = torch.arange(n), torch.ones(n, dtype=torch.bool)
-        dev = bank.labels.device
-        bank.update_labels(slots.to(dev), labels.to(dev), ones.to(dev))
-        bank.update_features(slots.to(dev), feats.to(dev), ones.to(dev))
-        self.algo_info = {
-            "bank_slots": n,
-            "bank_prefilled": True,
-            "centers_valid_fraction": float((bank.counts > 0).float().mean()),
+        self.name, self.acc = name, accelerator
+        flags = {
+            "algorithm": "fixmatch" if name == "backbone" else name,
+            "backbone": args.backbone,
+            "batch_size": args.batch_size,
+            "mu": args.mu,
+            "steps": TOTAL_STEPS,
+            "mixed_precision": precision,
+            "seed": args.seed,
         }
+        cfg = build_config(None, flags, BACON_SETS if name == "bacon" else None)
+        self.cfg, self.bare, self.parts = cfg, None, None
+        self.algo_info: dict[str, Any] = {}
+        self.first_logs: dict[str, float] = {}
+        device = accelerator.device
+        if name == "backbone":
+            self.bare = common.BareBackbone(cfg, num_classes, device)
+            return
+        torch.manual_seed(args.seed)  # identical initial weights for every variant
+        model = build_model(cfg, num_classes)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        model, optimizer = accelerator.prepare(model, optimizer)
+        ema = ModelEmaV3(
+            accelerator.unwrap_model(model),
+            decay=cfg.ema_decay,
+            use_warmup=cfg.ema_warmup,
+            exclude_buffers=True,
+        )
+        labeled_counts, n_l, n_u = layout
+        algo = create_algorithm(
+            name,
+            cfg=cfg,
+            num_classes=num_classes,
+            labeled_counts=labeled_counts,
+            num_labeled=n_l,
+            num_unlabeled=n_u,
+            seed=args.seed,
+        ).to(device)
+        if name == "bacon":
+            self.algo_info = prefill_bank(algo.bank, num_classes)
+        self.parts = StepParts(
+            model, algo, optimizer, scheduler, ema, accelerator, TOTAL_STEPS,
+            cfg.channels_last, cfg.ema_warmup,
+        )  # fmt: skip
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+    def step(self, batch: tuple[dict, dict, torch.Tensor], step: int) -> None:
+        from bacon_zoo.train.trainer import train_step
 
-    def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        """One training step; returns its phase times (seconds), read after a device sync."""
-        timer = common.PhaseTimer(self.device)
-        x = batch["x"]
-        with self._autocast():
-            if self.algo is None:
-                logits = self.model(x)
-                timer.mark("forward")
-                loss = F.cross_entropy(logits.float(), batch["y_all"])
-            else:
-                out = self.model(x)
-                timer.mark("forward")
-                loss, logs = self.algo.loss(out, batch, step, TOTAL_STEPS)
-        timer.mark("loss")
-        loss.backward()
-        timer.mark("backward")
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        timer.mark("optimizer")
-        if self.algo is not None:
-            self.algo.after_step(step, TOTAL_STEPS)
-        if self.ema is not None:
-            self.ema.update(self.model)
-        timer.mark("after_step")
-        common.synchronize(self.device)
-        if self.algo is not None and step == FIRST_STEP:
-            self.last_logs = {k: float(v) for k, v in logs.items()}
-        return timer.result()
-
-    def algo_step(self, feat0: torch.Tensor, batch: dict[str, torch.Tensor], step: int) -> None:
-        """The step minus the backbone: heads on fixed features + loss + backward to the features +
-        SGD (only the heads have gradients) + after_step. What the variants differ in."""
-        feat = feat0.clone().requires_grad_(True)
-        with self._autocast():
-            if self.algo is None:
-                loss = F.cross_entropy(self.model[1](feat).float(), batch["y_all"])
-            else:
-                m = self.model
-                out = BaconOutput(feat, m.head(feat), m.head_abc(feat), m.proj(feat))
-                loss, _ = self.algo.loss(out, batch, step, TOTAL_STEPS)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if self.algo is not None:
-            self.algo.after_step(step, TOTAL_STEPS)
+        lb, ulb, y_all = batch
+        if self.bare is not None:
+            self.bare.step(torch.cat([lb["x"], ulb["x_w"], ulb["x_s"]]), y_all, self.acc)
+            return
+        logs, _, _ = train_step(self.parts, lb, ulb, step)
+        if step == FIRST_STEP:
+            keep = ("loss_con", "anchors", "anchors_used", "bank_fill", "centers_valid")
+            self.first_logs = {k: round(float(logs[k]), 4) for k in keep if k in logs}
 
 
 def make_batches(
     rounds: int, b: int, mu: int, layout: tuple[list[int], int, int], k: int, device: torch.device
-) -> list[dict[str, torch.Tensor]]:
-    """Random inputs (the data pipeline is benchmarked by loader.py), fresh bank slots per round."""
+) -> list[tuple[dict, dict, torch.Tensor]]:
+    """Random inputs (the data pipeline is benchmarked by loader.py), fresh bank slots per round:
+    (labeled {"x", "y", "idx"}, unlabeled {"x_w", "x_s", "y", "idx"}, labels of all rows)."""
     _, n_l, n_u = layout
-    g = torch.Generator().manual_seed(0)
     u = mu * b
-    x = torch.randn(b + 2 * u, 3, 32, 32, generator=g)
-    x = x.to(device).contiguous(memory_format=torch.channels_last)
-    y_all = torch.randint(k, (b + 2 * u,), generator=g).to(device)
+    x, y_all = common.random_images(b + 2 * u, k, 32, device, seed=0)
+    g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(rounds):
-        out.append(
-            {
-                "x": x,
-                "y_all": y_all,
-                "y_lb": y_all[:b],
-                "y_ulb": torch.randint(k, (u,), generator=g).to(device),
-                "idx_lb": torch.randperm(n_l, generator=g)[:b].to(device),
-                "idx_ulb": torch.randperm(n_u, generator=g)[:u].to(device),
-            }
-        )
+        lb = {"x": x[:b], "y": y_all[:b], "idx": torch.randperm(n_l, generator=g)[:b].to(device)}
+        ulb = {
+            "x_w": x[b : b + u],
+            "x_s": x[b + u :],
+            "y": torch.randint(k, (u,), generator=g).to(device),
+            "idx": torch.randperm(n_u, generator=g)[:u].to(device),
+        }
+        out.append((lb, ulb, y_all))
     return out
+
+
+def new_accelerator(precision: str, device: torch.device) -> Any:
+    """A fresh Accelerator at `precision` (accelerate keeps one process-wide state: reset it)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
 
 
 def run_config(
     k: int, dtype_name: str, device: torch.device, args: argparse.Namespace, budget: float | None
 ) -> dict[str, Any]:
-    amp = common.default_autocast_dtype(dtype_name)
+    from bacon_zoo.train.precision import resolve_precision
+
+    precision, why = resolve_precision(DTYPE_TO_PRECISION[dtype_name], device)
+    acc = new_accelerator(precision, device)
     layout = bank_layout(k, args.bank_slots)
-    runners = {v: Runner(v, k, layout, device, amp, args) for v in args.variants}
+    runners = {v: Variant(v, k, layout, acc, precision, args) for v in args.variants}
     batches = make_batches(args.warmup + args.steps, args.batch_size, args.mu, layout, k, device)
     times: dict[str, list[float]] = {v: [] for v in runners}
     cpu_times: dict[str, list[float]] = {v: [] for v in runners}
-    phases: dict[str, list[dict[str, float]]] = {v: [] for v in runners}
     cuda_peak: dict[str, float | None] = dict.fromkeys(runners)
     names = list(runners)
     t_start = common.now()
@@ -232,65 +219,35 @@ def run_config(
     for r in range(args.warmup + args.steps):
         timed = r >= args.warmup
         if timed and budget is not None:
-            n_timed = r - args.warmup
             round_s = sum(last.values())  # the next round will take about as long as the last
-            if n_timed >= args.min_steps and common.now() - t_start + round_s > budget:
+            if r - args.warmup >= args.min_steps and common.now() - t_start + round_s > budget:
                 break
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no position bias
         for v in order:
             common.synchronize(device)
             common.reset_cuda_peak(device)
             c0, t0 = time.process_time(), common.now()
-            ph = runners[v].step(batches[r], FIRST_STEP + r)
+            runners[v].step(batches[r], FIRST_STEP + r)
+            common.synchronize(device)
             dt, dc = common.now() - t0, time.process_time() - c0
             last[v] = dt
             if timed:
                 times[v].append(dt)
                 cpu_times[v].append(dc)
-                phases[v].append(ph)
                 peak = common.cuda_peak_mb(device)
                 if peak is not None:
                     cuda_peak[v] = max(cuda_peak[v] or 0.0, peak)
-        if timed:
-            rounds_done += 1
+        rounds_done += timed
         print(
             f"  K={k} {dtype_name} round {r + 1}{'' if timed else ' (warm-up)'}: "
             + ", ".join(f"{v} {last[v] * 1e3:.0f} ms" for v in names),
             flush=True,
         )
 
-    # the backbone-free part of each step, many short interleaved repeats: a low-noise estimate of
-    # what each algorithm adds, combined below with the backbone step (a) into decomposed ratios
-    dim = runners[names[0]].num_features
-    counter = iter(range(FIRST_STEP + 1000, FIRST_STEP + 10**9))
-
-    def backbone_free(bs: int) -> dict[str, dict[str, Any]]:
-        bb = (
-            batches[0]
-            if bs == args.batch_size
-            else make_batches(1, bs, args.mu, layout, k, device)[0]
-        )
-        g = torch.Generator().manual_seed(1)
-        feat0 = torch.randn(bb["x"].shape[0], dim, generator=g).to(device)
-        return common.time_interleaved(
-            {v: (lambda v=v: runners[v].algo_step(feat0, bb, next(counter))) for v in names},
-            device,
-            warmup=3,
-            max_calls=args.algo_repeats,
-            min_calls=5,
-            budget_s=args.algo_budget_s,
-        )
-
-    algo_only = backbone_free(args.batch_size)
-    # the same at the paper's batch (cheap without the backbone): to set against a backbone step
-    # measured elsewhere (e.g. a GPU at B=64) when this machine can only afford a tiny batch
-    algo_ref = None
-    if args.ref_batch_size and args.ref_batch_size != args.batch_size:
-        algo_ref = backbone_free(args.ref_batch_size)
-
     res: dict[str, Any] = {
         "num_classes": k,
         "dtype": dtype_name,
+        "precision": {"mixed_precision": precision, "why": why},
         "timed_rounds": rounds_done,
         "bank": {"num_labeled": layout[1], "num_unlabeled": layout[2]},
         "variants": {},
@@ -298,29 +255,21 @@ def run_config(
         "peak_rss_mb_so_far": round(common.peak_rss_mb(), 1),
     }
     for v in names:
-        ph = {name: statistics.median(p[name] for p in phases[v]) * 1e3 for name in phases[v][0]}
         res["variants"][v] = {
             "letter": LETTER[v],
             **common.summarize(times[v]),
             "process_cpu_time": common.summarize(cpu_times[v]),
-            "phases_median_ms": {n: round(x, 3) for n, x in ph.items()},
             "cuda_max_allocated_mb": common._round(cuda_peak[v]),
-            "algo_only": _brief(algo_only[v]),
-            "algo_only_ref_batch": None if algo_ref is None else _brief(algo_ref[v]),
         }
         if runners[v].algo_info:
             res["variants"][v]["bank_state"] = runners[v].algo_info
-        if runners[v].last_logs:
-            keep = ("loss_con", "anchors", "anchors_used", "bank_fill", "centers_valid")
-            res["variants"][v]["logs_first_step"] = {
-                n: round(runners[v].last_logs[n], 4) for n in keep if n in runners[v].last_logs
-            }
+        if runners[v].first_logs:
+            res["variants"][v]["logs_first_step"] = runners[v].first_logs
     for num, den in RATIOS:
         if num in times and den in times and times[num] and times[den]:
             paired = [a / b for a, b in zip(times[num], times[den])]
             diffs = [(a - b) * 1e3 for a, b in zip(times[num], times[den])]
-            key = f"{LETTER[num]}/{LETTER[den]}"
-            res["ratios"][key] = {
+            res["ratios"][f"{LETTER[num]}/{LETTER[den]}"] = {
                 "name": f"{num}/{den}",
                 "paired_median": statistics.median(paired),
                 "of_medians": statistics.median(times[num]) / statistics.median(times[den]),
@@ -332,45 +281,15 @@ def run_config(
                 if device.type == "cpu"
                 else None,
             }
-            if (
-                "backbone" in times
-            ):  # (backbone step + algo-only num) / (backbone step + algo-only den)
-                base = statistics.median(times["backbone"]) * 1e3
-                res["ratios"][key]["decomposed"] = (base + algo_only[num]["median_ms"]) / (
-                    base + algo_only[den]["median_ms"]
-                )
     return res
-
-
-def images_per_step(batch_size: int, mu: int) -> int:
-    """Images one step consumes: B labeled + mu*B unlabeled x 2 views."""
-    return batch_size * (1 + 2 * mu)
-
-
-def consumption_from_result(data: dict[str, Any], dtype: str = "bf16") -> dict[str, Any] | None:
-    """Images/s the `dtype` BaCon step consumes (K=10 if measured, else the first K) from a result."""
-    rows = [c for c in data.get("configs", []) if c["dtype"] == dtype and "bacon" in c["variants"]]
-    if not rows:
-        return None
-    row = next((c for c in rows if c["num_classes"] == 10), rows[0])
-    s = data["settings"]
-    ms = row["variants"]["bacon"]["median_ms"]
-    n = images_per_step(s["batch_size"], s["mu"])
-    return {
-        "dtype": dtype,
-        "num_classes": row["num_classes"],
-        "batch_size": s["batch_size"],
-        "mu": s["mu"],
-        "images_per_step": n,
-        "step_median_ms": ms,
-        "images_per_s": n / (ms / 1e3),
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default=None, help="default: accelerate's choice (cuda if present)")
-    p.add_argument("--batch-size", type=int, default=None, help="B (default: 64 on CUDA, 2 on CPU)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="B (default: 64 on CUDA, 16 on CPU)"
+    )
     p.add_argument("--mu", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="timed rounds (default 20 CUDA, 8 CPU)")
     p.add_argument(
@@ -383,24 +302,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="time budget of the whole run: each (K, dtype) config gets what is left / configs "
         "left and stops starting timed rounds once the next would overrun it (after --min-steps); "
-        "default 300 on CPU, none on CUDA; 0 = none",
+        "default 240 on CPU, none on CUDA; 0 = none",
     )
     p.add_argument(
-        "--ref-batch-size",
-        type=int,
-        default=64,
-        help="also time the backbone-free part at this B (0: don't)",
+        "--dtypes",
+        default=None,
+        help="comma list of fp32, bf16, fp16 (default: fp32,bf16 where bf16 is native, else fp32)",
     )
-    p.add_argument("--algo-repeats", type=int, default=50, help="max backbone-free repeats")
-    p.add_argument(
-        "--algo-budget-s", type=float, default=4.0, help="seconds for the backbone-free repeats"
-    )
-    p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
     p.add_argument("--classes", default="10,100", help="comma list of K")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--bank-slots", type=int, default=None, help="override the bank size")
     p.add_argument("--backbone", default="wrn28_2")
-    p.add_argument("--ema", action="store_true", help="add an EMA update to every variant's step")
     p.add_argument(
         "--threads", default="auto", help="torch intra-op threads: auto (see common.py) or N"
     )
@@ -411,19 +323,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown variant(s) {bad}; choose from {VARIANTS}")
+    if args.dtypes is not None:
+        bad = [d for d in args.dtypes.split(",") if d.strip() not in DTYPE_TO_PRECISION]
+        if bad:
+            p.error(f"unknown dtype(s) {bad}; choose from {', '.join(DTYPE_TO_PRECISION)}")
     return args
 
 
 def apply_device_defaults(args: argparse.Namespace, device: torch.device) -> None:
+    from bacon_zoo.train.precision import device_supports_bf16
+
     gpu = device.type == "cuda"
     if args.batch_size is None:
-        args.batch_size = 64 if gpu else 2
+        args.batch_size = 64 if gpu else 16
     if args.steps is None:
         args.steps = 20 if gpu else 8
     if args.warmup is None:
         args.warmup = 5 if gpu else 1
     if args.budget_s is None:
-        args.budget_s = 0.0 if gpu else 300.0
+        args.budget_s = 0.0 if gpu else 240.0
+    if args.dtypes is None:
+        args.dtypes = "fp32,bf16" if device_supports_bf16(device) else "fp32"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -435,8 +355,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"threads: {threads['reason']}", flush=True)
     classes = [int(k) for k in args.classes.split(",") if k.strip()]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    for d in dtypes:
-        common.default_autocast_dtype(d)
     n_configs = len(classes) * len(dtypes)
     print(
         f"step_time on {device} ({common.device_name(device)}): B={args.batch_size} mu={args.mu} "
@@ -457,57 +375,59 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for c in configs:
         r = c["ratios"].get("d/b")
         if r is not None and c["num_classes"] == 100:
-            dec = r.get("decomposed")
             targets.append(
                 {
                     "name": f"bacon/fixmatch step time at K=100, {c['dtype']}",
                     "value": round(r["paired_median"], 4),
                     "threshold": f"<= {TARGET_BACON_OVER_FIXMATCH}",
                     "met": r["paired_median"] <= TARGET_BACON_OVER_FIXMATCH,
-                    "decomposed_value": None if dec is None else round(dec, 4),
-                    "decomposed_met": None if dec is None else dec <= TARGET_BACON_OVER_FIXMATCH,
+                    "cpu_time_value": None
+                    if r["cpu_time_paired_median"] is None
+                    else round(r["cpu_time_paired_median"], 4),
                     "spread": _spread(c),
                 }
             )
-    print("\nmedian step time (ms); ratios: median of paired per-round ratios [decomposed]")
+    print("\nmedian step time (ms); ratios: median of paired per-round ratios")
     header = f"{'K':>4} {'dtype':>5} " + " ".join(f"{LETTER[v] + ' ' + v:>12}" for v in VARIANTS)
-    print(header + "  " + " ".join(f"{k:>15}" for k, _ in _ratio_keys()))
+    print(header + "  " + " ".join(f"{k:>8}" for k, _ in _ratio_keys()))
     for c in configs:
         cells = " ".join(
             f"{common.fmt_ms(c['variants'][v]['median_ms']) if v in c['variants'] else '-':>12}"
             for v in VARIANTS
         )
-        rat = " ".join(f"{_ratio_cell(c, key):>15}" for key, _ in _ratio_keys())
-        print(f"{c['num_classes']:>4} {c['dtype']:>5} {cells}  {rat}")
-        algo = ", ".join(
-            f"{v} {common.fmt_ms(x['algo_only']['median_ms'])}" for v, x in c["variants"].items()
+        rat = " ".join(
+            f"{c['ratios'][k]['paired_median'] if k in c['ratios'] else float('nan'):>8.3f}"
+            for k, _ in _ratio_keys()
         )
-        print(f"{'':>10} backbone-free part of the step (ms): {algo}")
-        ref = c["variants"][next(iter(c["variants"]))].get("algo_only_ref_batch")
-        if ref is not None:
-            algo = ", ".join(
-                f"{v} {common.fmt_ms(x['algo_only_ref_batch']['median_ms'])}"
-                for v, x in c["variants"].items()
-            )
-            print(f"{'':>10} the same at B={args.ref_batch_size} (ms): {algo}")
+        print(f"{c['num_classes']:>4} {c['dtype']:>5} {cells}  {rat}")
     for t in targets:
         print(
-            f"target {t['name']}: {t['value']} (decomposed {t['decomposed_value']}) "
-            f"{t['threshold']} -> {'met' if t['met'] else 'MISSED'} "
-            f"(decomposed: {'met' if t['decomposed_met'] else 'MISSED'}); {t['spread']}"
+            f"target {t['name']}: {t['value']} {t['threshold']} -> "
+            f"{'met' if t['met'] else 'MISSED'} (process CPU time: {t['cpu_time_value']}); "
+            f"{t['spread']}"
         )
 
+    from bacon_zoo.config import TrainConfig
+
+    cfg = TrainConfig()  # the defaults every variant trains with (the settings below)
     payload = {
         "settings": {
             "threads": threads,
             "backbone": args.backbone,
             "batch_size": args.batch_size,
             "mu": args.mu,
-            "images_per_step": images_per_step(args.batch_size, args.mu),
+            "images_per_step": args.batch_size * (1 + 2 * args.mu),
             "image_size": 32,
-            "channels_last": True,
-            "optimizer": "SGD lr 0.03 momentum 0.9 nesterov wd 5e-4",
-            "ema": args.ema,
+            "channels_last": cfg.channels_last,
+            "optimizer": (
+                f"SGD lr {cfg.lr} momentum {cfg.momentum}{' nesterov' if cfg.nesterov else ''} "
+                f"wd {cfg.weight_decay} (make_optimizer)"
+            ),
+            "step": (
+                "b-d: bacon_zoo.train.trainer.train_step (forward on cat([x_lb, x_w, x_s]), "
+                f"algo.loss, backward, SGD, LambdaLR, after_step, EMA {cfg.ema_decay}); "
+                "a: common.BareBackbone (backbone + linear head, CE, backward, SGD; no EMA)"
+            ),
             "warmup_rounds": args.warmup,
             "max_timed_rounds": args.steps,
             "min_timed_rounds": args.min_steps,
@@ -520,34 +440,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "centers are valid; bacon.anchor_threshold = bacon.bank_threshold = 0 so every "
                 "anchor is selected and every sample writes both banks each step"
             ),
-            "ref_batch_size": args.ref_batch_size,
-            "backbone_free_part": (
-                "heads on fixed random features + algo.loss + backward to the features + SGD "
-                "(heads only) + after_step, interleaved repeats; decomposed ratio = (a + part_x) / "
-                "(a + part_y) with a the backbone step's median"
-            ),
             "inputs": "random tensors (the data pipeline is measured by loader.py)",
         },
         "configs": configs,
         "targets": targets,
-        "consumption": {d: consumption_from_result({"configs": configs, "settings": {
-            "batch_size": args.batch_size, "mu": args.mu}}, d) for d in dtypes},
-    }  # fmt: skip
+    }
     if not args.no_write:
         common.write_result("step_time", device, payload, started)
     return payload
-
-
-def _brief(r: dict[str, Any]) -> dict[str, Any]:
-    return {key: r[key] for key in ("n", "median_ms", "min_ms", "iqr_ms", "cpu_median_ms")}
-
-
-def _ratio_cell(c: dict[str, Any], key: str) -> str:
-    r = c["ratios"].get(key)
-    if r is None:
-        return "-"
-    dec = r.get("decomposed")
-    return f"{r['paired_median']:.3f}" + ("" if dec is None else f" [{dec:.3f}]")
 
 
 def _spread(c: dict[str, Any]) -> str:
