@@ -337,13 +337,11 @@ CASES = [
     # precision (17.4) and backbones (17.5)
     ("fp16_on_cpu", _train("--mixed-precision", "fp16"), "fp16", None),
     ("unknown_backbone", _train("--backbone", "wrn28-2"), "wrn28_2", None),
-    ("vit_at_16px", _train("--backbone", "vit_tiny_patch4_32", "--image-size", "16"), "image size",
-     _x(LEAD, "build the model on a dummy batch first; say which sizes the backbone accepts")),
-    ("convnext_at_8px", _train("--backbone", "convnext_atto"), "image size",
-     _x(LEAD, "build the model on a dummy batch first; say which sizes the backbone accepts")),
+    ("vit_at_16px", _train("--backbone", "vit_tiny_patch4_32", "--image-size", "16"), "image size", None),
+    ("convnext_at_8px", _train("--backbone", "convnext_atto"), "image size", None),
     # data (17.6)
     ("corrupt_image", corrupt_image, "broken.png", None),
-    ("empty_folder", empty_folder, "doesn't contain any data files", _x(LEAD, "validate everything before writing the run directory (17.2)")),
+    ("empty_folder", empty_folder, "no images or supported data files", None),
     ("one_class_folder", one_class_folder, "one class", None),
     ("dataset_missing", _train("--set", "dataset=/no/such/folder"), "/no/such/folder", None),
     ("n1_too_big", _train("--n1", "5000"), "5000", None),
@@ -351,14 +349,14 @@ CASES = [
     ("output_dir_is_file", output_dir_is_file, "afile", None),
     ("output_dir_under_file", output_dir_under_file, "afile", None),
     ("output_dir_not_writable", output_dir_deep_under_file, "afile", None),
-    ("save_split_unwritable", save_split_unwritable, "split.json", _x(SOURCES, "check --save-split's folder")),
+    ("save_split_unwritable", save_split_unwritable, "split.json", None),
     ("resume_malformed_config", resume_malformed_config, "config.yaml is not valid YAML", None),
     ("export_malformed_config", export_malformed_config, "config.yaml is not valid YAML", None),
     ("analyze_malformed_config", analyze_malformed_config, "config.yaml is not valid YAML", None),
     ("resume_corrupt_split", resume_corrupt_split, "split.json", None),
     # user files (17.8)
     ("export_over_edited_export", export_over_edited_export, "--force", None),
-    ("analyze_out_over_unrelated", analyze_out_over_unrelated, "mine", _x(ANALYSIS, "refuse --out over a folder it did not write")),
+    ("analyze_out_over_unrelated", analyze_out_over_unrelated, "mine", None),
     # resume (17.1, 17.11)
     ("resume_empty_dir", resume_empty_dir, "no checkpoints in it", None),
     ("resume_mistyped_dir", resume_mistyped_dir, "no such directory", None),

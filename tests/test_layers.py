@@ -280,31 +280,16 @@ def test_every_package_has_a_layer(edges):
     assert nodes - set(LAYERS) == set(), "add the new package to LAYERS"
 
 
-# Remaining in files other engineers own (see the failure text for file:line); drop each mark with
-# its fix (strict: a fixed cycle makes the mark fail).
-ROOT_HUB = (
-    "bacon_zoo/__init__.py imports bacon_zoo.hub (load_pretrained) while hub/export.py imports "
-    "the root (__version__): the root must not import hub"
-)
-RUN_TRAIN = (
-    "bacon_zoo/run/__init__.py imports bacon_zoo.run.checkpoint (pending: checkpoint.py moves "
-    "into bacon_zoo/run/)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ROOT_HUB)
 def test_no_module_cycles(edges):
     found = cycles(edges)
     assert not found, _report(found)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{ROOT_HUB}; {RUN_TRAIN}")
 def test_no_package_cycles(edges):
     found = cycles(package_edges(edges, PACKAGE))
     assert not found, _report(found)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{ROOT_HUB}; {RUN_TRAIN}")
 def test_lower_layers_never_import_higher_ones(edges):
     bad = [
         e for e in package_edges(edges, PACKAGE) if LAYERS.get(e.src, 99) < LAYERS.get(e.dst, 99)

@@ -125,6 +125,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch2(script: Path, out: Path, *extra: str, env: dict | None = None):
+    sets = [a for s in TINY if not s.startswith(("cpu=", "max_eval")) for a in ("--set", s)]
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(script), "--cpu",
+        *sets, "--set", "max_eval_samples=61", "--output-dir", str(out), *extra,
+    ]  # fmt: skip
+    env = (
+        os.environ
+        | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        | (env or {})
+    )
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+
+
+def test_sigterm_to_one_rank_stops_both_at_one_step_and_resumes_exactly(tmp_path):
+    """Rank 1 alone gets SIGTERM after step 1; the trigger is checked every log_every=2 steps, so both
+    ranks stop after step 2, checkpoint together, and the resumed run equals a straight one."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    proc = _launch2(ROOT / "train.py", straight)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _launch2(ROOT / "tests" / "dist_stop_check.py", stopped, env={"STOP_AT": "1"})
+    assert proc.returncode != 0  # the launcher reports the ranks' 143 as a failed child
+    assert (
+        "exitcode  : 143" in proc.stderr or "exit code 143" in proc.stderr or "143" in proc.stderr
+    )
+    assert "stopped at step 2" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["step_0000002"]
+    assert not (stopped / "summary.json").exists()
+    proc = _launch2(ROOT / "train.py", stopped, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = _state(straight / "checkpoints/step_0000006")
+    b = _state(stopped / "checkpoints/step_0000006")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_two_cpu_processes_count_every_test_image_once(tmp_path):
     out = tmp_path / "ddp"
     sets = [a for s in TINY if not s.startswith(("cpu=", "max_eval")) for a in ("--set", s)]

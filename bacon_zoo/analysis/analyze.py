@@ -649,11 +649,7 @@ def check_out_dir(out: Path) -> None:
         return
     if not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the analysis")
-    if (
-        any(out.iterdir())
-        and not (out / MANIFEST).is_file()
-        and not (out / "analysis.md").is_file()
-    ):
+    if any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise UserError(
             f"--out {out} exists and was not written by `bacon-zoo analyze` (no {MANIFEST}); "
             "give a new or empty folder"

@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         print(dumps(cfg), end="")
         return 0
     from bacon_zoo.data import class_counts, prepare_data
+    from bacon_zoo.fileio import check_writable_file
 
+    if args.save_split:
+        check_writable_file(args.save_split, "--save-split")
     data = prepare_data(cfg, decode=False)  # the table needs labels only
     split = data.split
     m1 = "all" if cfg.m1 is None else cfg.m1

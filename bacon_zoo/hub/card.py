@@ -377,7 +377,7 @@ def loading_lines(architecture: str, repo: str) -> list[str]:
         '# a local copy of this folder: timm.create_model("local-dir:path/to/folder", pretrained=True)',
         "```",
         "",
-        "With bacon-zoo installed, `bacon_zoo.load_pretrained(...)` also verifies the files and returns "
+        "With bacon-zoo installed, `bacon_zoo.hub.load_pretrained(...)` also verifies the files and returns "
         "the data config; the command line:",
         "",
         "```bash",

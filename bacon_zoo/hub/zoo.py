@@ -3,7 +3,7 @@
 Entries are only ever written by `bacon-zoo zoo add EXPORT_DIR` (or `push --add-to-zoo`), from the
 export's own summary and config, so the table holds real runs only. The index is read on demand, never
 at `import bacon_zoo`: a zoo name (`wrn28_2.bacon_c10lt_n1500m3000g100_s0`) given to
-`bacon_zoo.load_pretrained` / `bacon-zoo predict` is looked up here (`hub_id_of`) and loaded through
+`bacon_zoo.hub.load_pretrained` / `bacon-zoo predict` is looked up here (`hub_id_of`) and loaded through
 timm's public `hf-hub:` path; timm's own registry is never modified. `pretrained_cfg_overlay(name)`
 gives the same through plain timm:
 `timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=overlay)`.

@@ -253,9 +253,8 @@ def _check_backbone_runs(model: BaconNet, cfg: TrainConfig) -> None:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         size = model.pretrained_cfg.get("input_size", (3, "?", "?"))[-1]
         raise UserError(
-            f"backbone '{cfg.backbone}' does not run on {cfg.image_size}x{cfg.image_size} images "
-            f"({reason}); it is built for {size}x{size} inputs: set --image-size {size} or choose "
-            "another backbone"
+            f"backbone '{cfg.backbone}' does not run at image size {cfg.image_size} ({reason}); it is "
+            f"built for {size}x{size} inputs: set --image-size {size} or choose another backbone"
         ) from None
     finally:
         model.train()
