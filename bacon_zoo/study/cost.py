@@ -273,7 +273,7 @@ def estimate_cell(
     elif factor is not None:
         try:
             ref = cost_factor(reference.backbone, reference.image_size)
-        except UserError:  # a measured reference that can't be built here: fall back to the assumption
+        except UserError:  # a measured reference not buildable here: use the assumption
             reference = ASSUMED_REFERENCE
             ref = cost_factor(reference.backbone, reference.image_size)
         ips = reference.images_per_s * ref.flops / factor.flops
