@@ -88,7 +88,10 @@ def _train(args: argparse.Namespace) -> int:
 
         export = result.run_dir / "export"
         if result.trained or not export.is_dir():
-            print(f"exported to {export_run(result.run_dir)}", file=sys.stderr)
+            try:
+                print(f"exported to {export_run(result.run_dir)}", file=sys.stderr)
+            except UserError as e:  # e.g. an export edited by hand: the run itself is complete
+                print(f"export skipped: {one_line(e)}", file=sys.stderr)
         else:  # a finished run that was only reported keeps the export it has
             print(f"its export is {export}", file=sys.stderr)
     return 0

@@ -9,7 +9,7 @@ ours   MemoryBank (per-class sums/counts updated incrementally from the slots a 
        writes), bank.centers(), bta_temperatures() and bacon_contrastive_terms() (a few matrix
        products); plus the amortised cost of the full recompute `resync()` it runs every
        BaCon.resync_every steps.
-naive  the release's approach, written here from the spec: masked bank writes; every center recomputed
+naive  the release's approach, written here from docs/method.md: masked bank writes; every center recomputed
        from the whole bank each step with a Python loop over classes (O(N K)); the loss with a Python
        loop over the classes present in the batch, each building its negative set E_k.
 

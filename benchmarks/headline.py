@@ -195,7 +195,7 @@ def measure(args: argparse.Namespace, precision: str, device: torch.device) -> d
         "goal": f">= {goal}",
         "met": ratio >= goal,
         "contrastive": {
-            name: {k: round(float(v), 4) for k, v in logs.items()}
+            name: {k: v if k == "step" else round(float(v), 4) for k, v in logs.items()}
             for name, logs in timer.logs.items()
         },
         "wall_time_s": round(wall, 1),

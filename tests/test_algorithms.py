@@ -1,4 +1,4 @@
-"""The algorithms' math against the spec (docs: /work/shared/spec/bacon.md), written naively here."""
+"""The algorithms' math against docs/method.md, written naively here."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Out(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# the contrastive loss vs a per-class / per-anchor loop written from the spec's formulas
+# the contrastive loss vs a per-class / per-anchor loop written from the formulas of docs/method.md
 
 
 def naive_bacon_loss(feats, labels, is_lab, topk, sel, centers, tau, tau0, neg_scale, valid):

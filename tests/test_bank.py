@@ -74,7 +74,7 @@ def test_incremental_centers_equal_recompute_and_reference(quirks):
             assert torch.equal(
                 bank.class_counts(), torch.bincount(labels_t[labels_t >= 0], minlength=K)
             )
-            # and the reference's own centers, by the spec's definition
+            # and the reference's own centers, by the definition in docs/method.md
             member = (labels_t >= 0) & (torch.tensor(ref.written) | quirks)
             for k in range(K):
                 rows = torch.tensor(ref.feats)[member & (labels_t == k)]

@@ -1,6 +1,6 @@
 """USB / BaCon-release checkpoints -> our WRNs and BaconNet: identical outputs, one-line errors.
 
-The reference is a small USB-style WRN written here from the spec's description ("Training protocol of
+The reference is a small USB-style WRN written here from the description in docs/method.md ("Training protocol of
 the release") with USB's parameter names, deliberately structured differently from bacon_zoo's WRN.
 """
 

@@ -2,8 +2,8 @@
 
 Each anchor z_i is pulled toward its class center c_{a_i} (from the memory bank, no gradient) with a
 class-dependent temperature (Balanced Temperature Adjusting) and pushed from the batch's reliable
-negatives of its class (Reliable Negative Selection). See docs/spec: every formula below is the
-spec's, computed with a few matrix products instead of loops over classes.
+negatives of its class (Reliable Negative Selection). See docs/method.md ("Losses"): every formula below is from
+there, computed with a few matrix products instead of loops over classes.
 """
 
 from __future__ import annotations
@@ -214,8 +214,9 @@ class BaCon(ABC):
             )
             loss_con = reduce_anchors(losses, selected & usable)
             used = (selected & usable).float().mean()
+            n_used, n_centers = (selected & usable).sum().float(), valid.sum().float()
         else:
-            loss_con = used = z.new_zeros((), dtype=torch.float32)
+            loss_con = used = n_used = n_centers = z.new_zeros((), dtype=torch.float32)
 
         loss = loss_fm + self.cfg.abc.weight * loss_abc
         if active:
@@ -228,6 +229,8 @@ class BaCon(ABC):
             anchors_used=used.detach(),
             bank_fill=self.bank.class_counts().sum().float() / max(n_slots, 1),
             centers_valid=(self.bank.counts > 0).float().mean(),
+            con_anchors=n_used,  # anchors in L_con this step (0: the term did not engage)
+            con_centers=n_centers,  # valid class centers L_con could use this step
         )
         return loss, logs
 

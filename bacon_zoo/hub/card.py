@@ -58,7 +58,7 @@ METRICS = {
     "medium": ("medium_accuracy", "Medium-class accuracy"),
     "tail": ("tail_accuracy", "Tail-class accuracy"),
 }
-# keys of the training protocol (spec, "Training protocol of the release"); the dataclass defaults are it
+# keys of the training protocol (docs/method.md, "Protocol of the paper"); the dataclass defaults are it
 PROTOCOL_KEYS = (
     "steps", "batch_size", "mu", "lr", "lr_schedule", "warmup_steps", "momentum", "nesterov",
     "weight_decay", "weight_decay_all", "ema_decay", "image_size", "eval_every", "max_eval_samples",

@@ -1,6 +1,6 @@
 """The BaCon network: a timm backbone f, the main head h, the ABC head h_a and the projection g.
 
-One forward pass gives everything the losses need (spec, "Network"): f(x), h(f(x)), h_a(f(x)), g(f(x)).
+One forward pass gives everything the losses need (docs/method.md, "Network"): f(x), h(f(x)), h_a(f(x)), g(f(x)).
 The backbone is a timm model built with `num_classes=0`, so it returns pooled features and can be turned
 back into a plain timm classifier (`to_timm_classifier`) for export to `timm.create_model("hf-hub:...")`.
 """

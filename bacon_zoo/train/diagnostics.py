@@ -127,18 +127,31 @@ class TrainingDiagnostics:
         self.prev_centers: Tensor | None = None
         self.prev_valid: Tensor | None = None
         self.steps = 0
+        # BaCon's contrastive term: [steps it engaged, anchors summed, valid centers summed] over them
+        self.con = torch.zeros(3, dtype=torch.float64)
 
     # -- device handling: follow the model's outputs lazily (a no-op once there)
     def to(self, device: torch.device | str) -> TrainingDiagnostics:
-        for name in ("confusion", "seen", "confident", "true_ulb", "prev_centers", "prev_valid"):
+        for name in (
+            "confusion",
+            "seen",
+            "confident",
+            "true_ulb",
+            "prev_centers",
+            "prev_valid",
+            "con",
+        ):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
         return self
 
     @torch.no_grad()
-    def update(self, out: Any, batch: dict[str, Tensor]) -> None:
-        """Count this step's confident pseudo-labels of the weak unlabeled views (no host sync)."""
+    def update(
+        self, out: Any, batch: dict[str, Tensor], logs: dict[str, Tensor] | None = None
+    ) -> None:
+        """Count this step's confident pseudo-labels of the weak unlabeled views and, from the
+        algorithm's logs, whether BaCon's contrastive term engaged (no host sync)."""
         b, u = int(batch["y_lb"].shape[0]), int(batch["idx_ulb"].shape[0])
         logits = out.logits_abc if self.eval_head == "abc" else out.logits
         if self.confusion.device != logits.device:
@@ -157,6 +170,11 @@ class TrainingDiagnostics:
         n = self.num_unlabeled
         self.true_ulb[torch.where((idx >= 0) & (idx < n), idx, torch.full_like(idx, n))] = y
         self.true_ulb[n] = -1  # the trash slot never holds a label
+        if logs is not None and "con_anchors" in logs:
+            anchors = logs["con_anchors"].detach().to(self.con)
+            engaged = (anchors > 0).to(self.con)
+            centers = logs["con_centers"].detach().to(self.con)
+            self.con += torch.stack([engaged, anchors * engaged, centers * engaged])
         self.steps += 1
 
     @torch.no_grad()
@@ -194,6 +212,14 @@ class TrainingDiagnostics:
         bank = getattr(algo, "bank", None)
         if bank is not None:
             out |= self._bank_numbers(bank)
+            con = total(self.con)
+            steps = int(con[0])
+            out |= {  # the window's steps with L_con > 0, and its mean anchors / centers then
+                "con_steps": steps,
+                "con_anchors": _json_float(float(con[1]) / steps if steps else math.nan),
+                "con_centers": _json_float(float(con[2]) / steps if steps else math.nan),
+            }
+        self.con.zero_()
         self.confusion.zero_()
         self.seen.zero_()
         self.confident.zero_()
@@ -243,6 +269,7 @@ class TrainingDiagnostics:
             "prev_centers": None if self.prev_centers is None else self.prev_centers.clone(),
             "prev_valid": None if self.prev_valid is None else self.prev_valid.clone(),
             "steps": self.steps,
+            "con": self.con.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,7 +286,9 @@ class TrainingDiagnostics:
         self.prev_centers = state["prev_centers"]
         self.prev_valid = state["prev_valid"]
         self.steps = int(state["steps"])
+        self.con = state.get("con", torch.zeros(3, dtype=torch.float64)).to(dev).clone()
         if self.rank != 0:
+            self.con.zero_()
             self.confusion.zero_()
             self.seen.zero_()
             self.confident.zero_()

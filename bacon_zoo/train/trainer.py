@@ -515,7 +515,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     with StopSignal(accelerator, cfg.log_every) as stop:
         for step in range(start, cfg.steps):
             logs, out, batch = train_step(parts, next(lb_iter), next(ulb_iter), step)
-            diag.update(out, batch)
+            diag.update(out, batch, logs)
             progress_state.step = step + 1
             progress_state.wall_time_s = wall_before + time.perf_counter() - t_start
             progress.step()
@@ -589,6 +589,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         images_per_s=_median([r["images_per_s"] for r in history]),
         num_processes=world,
         mixed_precision=accelerator.mixed_precision,
+        precision="fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision,
         device=device_name(accelerator.device),
         wall_time_s=progress_state.wall_time_s,  # all parts of the run, resumes included
         labeled_counts=data.labeled_counts,
