@@ -72,7 +72,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def configure_threads(docs/method.md: str | int | None, device: torch.device) -> dict[str, Any]:
+def configure_threads(spec: str | int | None, device: torch.device) -> dict[str, Any]:
     """Set torch's intra-op threads. "auto": torch's default, except on a CPU device when the machine
     is already oversubscribed (1-min load average >= usable CPUs): then 1 thread, because OpenMP
     regions whose threads get descheduled make every small op wait (measured here: a WRN-28-2 step
