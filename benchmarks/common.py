@@ -73,18 +73,23 @@ def synchronize(device: torch.device) -> None:
 
 
 def configure_threads(spec: str | int | None, device: torch.device) -> dict[str, Any]:
-    """Set torch's intra-op threads. "auto": torch's default, except on a CPU device when the machine
-    is already oversubscribed (1-min load average >= usable CPUs): then 1 thread, because OpenMP
-    regions whose threads get descheduled make every small op wait (measured here: a WRN-28-2 step
-    6-10x slower with 2 threads than with 1 on a 2-core machine at load 6). An int forces that count.
+    """Set torch's intra-op threads. "auto" on a CPU device: torch's default, capped at the CPUs that
+    are not already busy (usable CPUs minus the rounded 1-min load average, at least 1), because
+    OpenMP regions whose threads get descheduled make every small op wait (measured here: a WRN-28-2
+    step 6-10x slower with 2 threads than with 1 on a 2-core machine under load, and a run that
+    started with 2 threads at load 1 fell to a sixth of its speed when more work arrived). An int
+    forces that count. The load is read once, at the start.
     """
     default = torch.get_num_threads()
     if spec in (None, "", "auto"):
         load = load_average()
         cpus = usable_cpus()
-        if device.type == "cpu" and load is not None and load[0] >= cpus:
-            torch.set_num_threads(1)
-            reason = f"auto: load average {load[0]} >= {cpus} CPUs, 1 thread (default {default})"
+        free = max(1, cpus - round(load[0])) if load is not None else default
+        if device.type == "cpu" and free < default:
+            torch.set_num_threads(free)
+            reason = (
+                f"auto: load average {load[0]} on {cpus} CPUs, {free} thread(s) (default {default})"
+            )
         else:
             reason = f"auto: torch default ({default})"
     else:

@@ -47,6 +47,7 @@ import torch  # noqa: E402
 DEFAULT_CIFAR10 = common.REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 PAPER_STEPS = 300_000
 GOALS = {"cpu": 0.97, "cuda": 0.95}
+NOISY_IQR = 0.05  # paired-window ratios this spread out: the machine was too busy to trust the run
 CONTRASTIVE_SETS = ["bacon.start=0", "bacon.anchor_threshold=0", "bacon.bank_threshold=0"]
 LOG_KEYS = ("loss_con", "anchors", "anchors_used", "centers_valid", "bank_fill", "mask")
 
@@ -194,6 +195,7 @@ def measure(args: argparse.Namespace, precision: str, device: torch.device) -> d
         "projected_hours_paper_steps": PAPER_STEPS / steps_per_s / 3600,
         "goal": f">= {goal}",
         "met": ratio >= goal,
+        "noisy": common.spread(paired)["iqr"] > NOISY_IQR,
         "contrastive": {
             name: {k: v if k == "step" else round(float(v), 4) for k, v in logs.items()}
             for name, logs in timer.logs.items()
@@ -206,7 +208,12 @@ def measure(args: argparse.Namespace, precision: str, device: torch.device) -> d
         f"{statistics.median(backbone_ips):.1f} images/s -> ratio {ratio:.3f} (paired windows: "
         f"min {min(paired):.3f}, max {max(paired):.3f}; goal >= {goal}: "
         f"{'met' if row['met'] else 'MISSED'}); {steps_per_s:.2f} steps/s -> "
-        f"{row['projected_hours_paper_steps']:.1f} h for {PAPER_STEPS:,} steps",
+        f"{row['projected_hours_paper_steps']:.1f} h for {PAPER_STEPS:,} steps"
+        + (
+            f"; NOISY (window ratios IQR > {NOISY_IQR}): rerun on a quieter machine"
+            if row["noisy"]
+            else ""
+        ),
         flush=True,
     )
     return row
@@ -314,7 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 "value": round(r["ratio"], 4),
                 "threshold": r["goal"],
                 "met": r["met"],
-                "spread": (
+                "spread": ("too noisy to trust, " if r["noisy"] else "")
+                + (
                     f"paired windows {r['ratio_spread']['min']:.3f}-"
                     f"{r['ratio_spread']['max']:.3f}, IQR {r['ratio_spread']['iqr']:.3f}"
                 ),
