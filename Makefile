@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # torch/torchvision are pinned to the builds that pip finds on local disk (see README).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-all demo lint format bench clean
+.PHONY: install test test-all demo lint format bench timm-tests clean
 
 install: $(STAMP)
 
@@ -36,6 +36,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/bank_and_loss.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/update_readme.py
+
+# timm's own tests/test_models.py (from the sdist of the installed timm, not vendored) on our models
+TIMM_VER = $(shell $(PY) -c "import timm; print(timm.__version__)")
+timm-tests: $(STAMP)
+	rm -rf build/timm-sdist && mkdir -p build/timm-sdist
+	$(PY) -m pip download -q --no-deps --no-binary :all: timm==$(TIMM_VER) -d build/timm-sdist
+	tar xzf build/timm-sdist/timm-$(TIMM_VER).tar.gz -C build/timm-sdist
+	cd build/timm-sdist/timm-$(TIMM_VER)/tests && PYTHONPATH=$(CURDIR)/tools OMP_NUM_THREADS=1 \
+		$(CURDIR)/$(PY) -m pytest -p bacon_timm_plugin test_models.py -q -W ignore -p no:cacheprovider
 
 clean:
 	rm -rf .venv runs .pytest_cache .ruff_cache

@@ -189,6 +189,12 @@ def _check_output_dir(run_dir: Path) -> None:
         raise UserError(f"--output-dir {run_dir}: {parent} is not writable; choose another place")
 
 
+def _note(text: str) -> None:
+    """One line to stderr, from the main process only."""
+    if PartialState().is_main_process:
+        print(text, file=sys.stderr)
+
+
 def _resume_point(cfg: TrainConfig, run: RunDir) -> tuple[Path | None, bool]:
     """(checkpoint to resume or None, whether config.yaml must be (re)written), after checking that
     the directory holds this experiment. Only `steps` may differ (a finished run can be extended)."""
@@ -196,7 +202,7 @@ def _resume_point(cfg: TrainConfig, run: RunDir) -> tuple[Path | None, bool]:
         if cfg.resume not in (None, "auto"):
             return find_resume_dir(cfg.resume, run.checkpoints_dir), True
         if cfg.resume == "auto":
-            print(f"--resume: no run in {run.path} yet; starting a new run", file=sys.stderr)
+            _note(f"--resume: no run in {run.path} yet; starting a new run")
         return None, True
     saved = run.read_config()
     if fingerprint(saved, ignore=("steps",)) != fingerprint(cfg, ignore=("steps",)):
@@ -367,6 +373,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training run. A complete run's result holds the summary written to
     `summary.json`; a SIGTERM/SIGINT stops every rank at the same step, after a checkpoint."""
     # ---- checks, before anything is written
+    state = PartialState(cpu=cfg.cpu)
     run = RunDir(cfg.output_dir or default_run_dir(cfg))
     _check_output_dir(run.path)
     _check_tracker(cfg.log_with)
@@ -374,10 +381,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     resume_step = int(resume_dir.name.split("_")[-1]) if resume_dir is not None else 0
     done = run.read_summary() if resume_step == cfg.steps else None
     if done and done.get("status") == "complete" and done.get("steps") == cfg.steps:
-        print(
+        _note(
             f"{run.path} is already complete ({cfg.steps} steps, best top-1 {done['best_top1']:.2f}); "
-            "raise --steps to train further, or choose another --output-dir",
-            file=sys.stderr,
+            "raise --steps to train further, or choose another --output-dir"
         )
         return TrainResult("complete", cfg.steps, run.path, done, trained=False)
     if resume_step > cfg.steps:
@@ -385,7 +391,6 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"{resume_dir} is past --steps {cfg.steps}; --steps can only grow on resume"
         )
 
-    state = PartialState(cpu=cfg.cpu)
     precision, why = resolve_precision(cfg.mixed_precision, state.device)
     set_seed(cfg.seed)  # the initial weights are a function of the seed
     data = prepare_data(cfg, split_path=run.split_path if run.split_path.is_file() else None)
