@@ -32,6 +32,7 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 
 bench: $(STAMP)
+	$(PY) benchmarks/headline.py
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/bank_and_loss.py
 	$(PY) benchmarks/loader.py

@@ -55,7 +55,7 @@ class BaconConfig:
     weight: float = 1.0  # loss weight of L_con
     rns: bool = True  # Reliable Negative Selection; off = every other-class sample is a negative
     bta: bool = True  # Balanced Temperature Adjusting; off = fixed tau0
-    official_quirks: bool = False  # reproduce the release's three quirks (docs/method.md, "Memory banks")
+    official_quirks: bool = False  # the release's three quirks (docs/method.md, "Memory banks")
 
 
 @dataclass

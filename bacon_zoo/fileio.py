@@ -91,11 +91,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def check_writable_file(path: str | Path, flag: str) -> Path:
-    """`path` can be written as a file (checked before any work), or a one-line UserError for `flag`."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file name")
+def _writable_ancestor(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of `path` is a writable directory, or a one-line UserError."""
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -103,4 +100,25 @@ def check_writable_file(path: str | Path, flag: str) -> Path:
         raise UserError(f"{flag} {path} lies under the file {parent}; choose another place")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {parent} is not writable; choose another place")
+
+
+def check_writable_file(path: str | Path, flag: str) -> Path:
+    """`path` can be written as a file (checked before any work), or a one-line UserError for `flag`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    _writable_ancestor(path, flag)
+    return path
+
+
+def check_writable_dir(path: str | Path, flag: str) -> Path:
+    """`path` is (or can be created as) a writable directory, or a one-line UserError for `flag`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; choose a directory")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path} is not writable; choose another place")
+        return path
+    _writable_ancestor(path, flag)
     return path

@@ -100,12 +100,10 @@ class Variant:
         precision: str,
         args: argparse.Namespace,
     ) -> None:
-        from timm.utils import ModelEmaV3
-
         from bacon_zoo.algorithms import create_algorithm
         from bacon_zoo.config import build_config
         from bacon_zoo.run import build_model
-        from bacon_zoo.train.trainer import StepParts, lr_lambda, make_optimizer
+        from bacon_zoo.train.trainer import make_step_parts
 
         self.name, self.acc = name, accelerator
         flags = {
@@ -127,17 +125,6 @@ class Variant:
             return
         torch.manual_seed(args.seed)  # identical initial weights for every variant
         model = build_model(cfg, num_classes)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-        model, optimizer = accelerator.prepare(model, optimizer)
-        ema = ModelEmaV3(
-            accelerator.unwrap_model(model),
-            decay=cfg.ema_decay,
-            use_warmup=cfg.ema_warmup,
-            exclude_buffers=True,
-        )
         labeled_counts, n_l, n_u = layout
         algo = create_algorithm(
             name,
@@ -150,10 +137,7 @@ class Variant:
         ).to(device)
         if name == "bacon":
             self.algo_info = prefill_bank(algo.bank, num_classes)
-        self.parts = StepParts(
-            model, algo, optimizer, scheduler, ema, accelerator, TOTAL_STEPS,
-            cfg.channels_last, cfg.ema_warmup,
-        )  # fmt: skip
+        self.parts = make_step_parts(cfg, model, algo, accelerator)  # exactly the trainer's setup
 
     def step(self, batch: tuple[dict, dict, torch.Tensor], step: int) -> None:
         from bacon_zoo.train.trainer import train_step

@@ -38,6 +38,7 @@ from bacon_zoo.algorithms import Algorithm, create_algorithm
 from bacon_zoo.config import TrainConfig, fingerprint
 from bacon_zoo.data import SSLData, make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import check_writable_dir
 from bacon_zoo.models import BaconNet
 from bacon_zoo.run import RunDir, build_model, summary_record
 from bacon_zoo.run.checkpoint import CUSTOM_OBJECTS, TrainState, find_resume_dir, save_checkpoint
@@ -135,6 +136,30 @@ class StepParts:
     ema_warmup: bool = False
 
 
+def make_step_parts(
+    cfg: TrainConfig, model: torch.nn.Module, algo: Algorithm, accelerator: Accelerator
+) -> StepParts:
+    """The model (channels_last, compiled, `prepare`d), the release's SGD groups, the LR schedule and
+    timm's EMA (parameters averaged, buffers copied, as in USB): what `train_step` needs."""
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if cfg.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = ModelEmaV3(
+        accelerator.unwrap_model(model),
+        decay=cfg.ema_decay,
+        use_warmup=cfg.ema_warmup,
+        exclude_buffers=True,
+    )
+    return StepParts(
+        model, algo, optimizer, scheduler, ema, accelerator, cfg.steps, cfg.channels_last,
+        cfg.ema_warmup,
+    )  # fmt: skip
+
+
 def train_step(
     parts: StepParts, lb: dict[str, Tensor], ulb: dict[str, Tensor], step: int
 ) -> tuple[dict[str, Tensor], object, dict[str, Tensor]]:
@@ -174,19 +199,6 @@ class RunState(TrainState):
 
 # ---------------------------------------------------------------------------------------------
 # checks before anything is written
-
-
-def _check_output_dir(run_dir: Path) -> None:
-    """An output dir that can be created and written, or one line saying why not."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--output-dir {run_dir} is a file; choose a directory")
-    parent = run_dir
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--output-dir {run_dir} lies under the file {parent}; choose a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--output-dir {run_dir}: {parent} is not writable; choose another place")
 
 
 def _note(text: str) -> None:
@@ -375,7 +387,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     # ---- checks, before anything is written
     state = PartialState(cpu=cfg.cpu)
     run = RunDir(cfg.output_dir or default_run_dir(cfg))
-    _check_output_dir(run.path)
+    check_writable_dir(run.path, "--output-dir")
     _check_tracker(cfg.log_with)
     resume_dir, write_config = _resume_point(cfg, run)
     resume_step = int(resume_dir.name.split("_")[-1]) if resume_dir is not None else 0
@@ -442,20 +454,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         len(data.unlabeled.labels),
         rank=rank,
     )
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    if cfg.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # EMA of the parameters, buffers (BN statistics) copied, as in USB
-    ema = ModelEmaV3(
-        accelerator.unwrap_model(model),
-        decay=cfg.ema_decay,
-        use_warmup=cfg.ema_warmup,
-        exclude_buffers=True,
-    )
+    parts = make_step_parts(cfg, model, algo, accelerator)
+    model, scheduler, ema = parts.model, parts.scheduler, parts.ema
     algo.to(accelerator.device)
     diag.to(accelerator.device)
     progress_state = RunState()
@@ -499,17 +499,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         f"precision {accelerator.mixed_precision} ({why}) | {run.path}"
     )
 
-    parts = StepParts(
-        model,
-        algo,
-        optimizer,
-        scheduler,
-        ema,
-        accelerator,
-        cfg.steps,
-        cfg.channels_last,
-        cfg.ema_warmup,
-    )
     images_per_step = cfg.batch_size * (1 + 2 * cfg.mu) * world
     log_sums: dict[str, Tensor] = {}
     log_count, t_log, ips = 0, time.perf_counter(), float("nan")
