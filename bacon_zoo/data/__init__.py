@@ -69,12 +69,31 @@ class SSLData:
     labeled: ImageSet
     unlabeled: ImageSet
     test: ImageSet
-    num_classes: int
-    class_names: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    labeled_counts: list[int]
-    unlabeled_counts: list[int]
+
+    # derived from the source and the split, never stored twice
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.source.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.source.std
+
+    @property
+    def labeled_counts(self) -> list[int]:
+        return list(self.split.labeled_counts)
+
+    @property
+    def unlabeled_counts(self) -> list[int]:
+        return list(self.split.unlabeled_counts)
 
 
 # split parameters that must agree between a saved split and the config that resumes it
@@ -182,10 +201,4 @@ def prepare_data(
         labeled=labeled,
         unlabeled=unlabeled,
         test=test,
-        num_classes=source.num_classes,
-        class_names=list(source.class_names),
-        mean=source.mean,
-        std=source.std,
-        labeled_counts=list(split.labeled_counts),
-        unlabeled_counts=list(split.unlabeled_counts),
     )
