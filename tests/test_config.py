@@ -1,8 +1,5 @@
 """Config resolution: defaults < recipe chain < flags < --set, and one-line errors for bad input."""
 
-import subprocess
-import sys
-
 import pytest
 
 from bacon_zoo.config import RECIPES_DIR, TrainConfig, build_config, load_recipe, parse_set
@@ -93,27 +90,20 @@ def test_parse_set_nests_and_types():
     assert parse_set(["a.b=1", "a.c=true", "d=x"]) == {"a": {"b": 1, "c": True}, "d": "x"}
 
 
-def test_cli_reports_bad_key_in_one_line(tmp_path):
+def test_cli_reports_bad_key_in_one_line(tmp_path, run_cli):
     bad = tmp_path / "r.yaml"
     bad.write_text("n_one: 5\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bacon_zoo.cli", "train", "--recipe", str(bad), "--print-config"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "unknown config key 'n_one'" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    r = run_cli(["train", "--recipe", str(bad), "--print-config"])
+    assert r.code == 2
+    assert r.err.strip().count("\n") == 0 and "unknown config key 'n_one'" in r.err
+    assert "Traceback" not in r.err
 
 
-def test_cli_version_and_help():
-    out = subprocess.run(
-        [sys.executable, "-m", "bacon_zoo.cli", "--version"], capture_output=True, text=True
-    )
-    assert out.returncode == 0 and out.stdout.startswith("bacon-zoo ")
-    out = subprocess.run(
-        [sys.executable, "-m", "bacon_zoo.cli", "--help"], capture_output=True, text=True
-    )
-    assert out.returncode == 0 and "train" in out.stdout
+def test_cli_version_and_help(run_cli):
+    r = run_cli(["--version"])
+    assert r.code == 0 and r.out.startswith("bacon-zoo ")
+    r = run_cli(["--help"])
+    assert r.code == 0 and "train" in r.out
 
 
 # ---- ranges: every numeric field is checked in one place (RANGES), with a message naming it

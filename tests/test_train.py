@@ -194,11 +194,16 @@ def test_two_cpu_processes_count_every_test_image_once(tmp_path):
         (["--set", "n1=5000"], "5000"),
     ],
 )
-def test_bad_input_gives_one_line(tmp_path, args, message):
-    cmd = [sys.executable, str(ROOT / "train.py"), *[a for s in TINY for a in ("--set", s)]]
-    cmd += ["--output-dir", str(tmp_path / "r"), *args]
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+def test_bad_input_gives_one_line(tmp_path, args, message, run_cli):
+    argv = [
+        "train",
+        *[a for s in TINY for a in ("--set", s)],
+        "--output-dir",
+        tmp_path / "r",
+        *args,
+    ]
+    r = run_cli(argv)
+    assert r.code == 2, r
+    lines = [x for x in r.err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.err, r.err
+    assert not (tmp_path / "r").exists()  # a failed start writes nothing
