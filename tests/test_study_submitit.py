@@ -111,7 +111,6 @@ def test_local_executor_requeues_preempted_and_stopped_cells(tmp_path, monkeypat
     assert "Requeued job" in log or "requeue" in log.lower()
 
 
-@pytest.mark.slow
 def test_real_cells_killed_and_requeued_match_the_subprocess_runner(tmp_path, monkeypatch):
     """Done-when: 3 real tiny cells through submitit's local executor, one preempted mid-run and resumed
     by the requeue path, end complete with results.csv identical (timings aside) to the subprocess
