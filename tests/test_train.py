@@ -207,3 +207,26 @@ def test_bad_input_gives_one_line(tmp_path, args, message, run_cli):
     lines = [x for x in r.err.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.err, r.err
     assert not (tmp_path / "r").exists()  # a failed start writes nothing
+
+
+def test_finished_run_is_reported_then_extended_with_more_steps(tmp_path):
+    """`--resume` of a finished run reports it (what `make demo` twice does); a larger --steps goes on
+    from its last checkpoint and records the new budget in config.yaml."""
+    from bacon_zoo.train.trainer import train
+
+    first = train(tiny_cfg(tmp_path, "steps=3"))
+    assert first.status == "complete" and first.trained
+    AcceleratorState._reset_state(True)
+    again = train(tiny_cfg(tmp_path, "steps=3", "resume=auto"))
+    assert again.status == "complete" and not again.trained
+    assert again.summary["best_top1"] == first.summary["best_top1"]
+    AcceleratorState._reset_state(True)
+    more = train(tiny_cfg(tmp_path, "steps=6", "resume=auto"))
+    assert more.trained and more.summary["steps"] == 6
+    assert [
+        json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ] == [3, 6]
+    assert "steps: 6" in (tmp_path / "config.yaml").read_text()
+    AcceleratorState._reset_state(True)
+    with pytest.raises(UserError, match="can only grow"):
+        train(tiny_cfg(tmp_path, "steps=3", "resume=auto"))

@@ -35,7 +35,7 @@ from timm.utils import ModelEmaV3
 from torch import Tensor
 
 from bacon_zoo.algorithms import Algorithm, create_algorithm
-from bacon_zoo.config import TrainConfig, fingerprint
+from bacon_zoo.config import TrainConfig, config_diff
 from bacon_zoo.data import SSLData, make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.errors import UserError
 from bacon_zoo.fileio import check_writable_dir
@@ -217,9 +217,8 @@ def _resume_point(cfg: TrainConfig, run: RunDir) -> tuple[Path | None, bool]:
             _note(f"--resume: no run in {run.path} yet; starting a new run")
         return None, True
     saved = run.read_config()
-    if fingerprint(saved, ignore=("steps",)) != fingerprint(cfg, ignore=("steps",)):
-        a, b = json.loads(fingerprint(saved)), json.loads(fingerprint(cfg))
-        diff = [k for k in a if a[k] != b.get(k) and k != "steps"]
+    diff = config_diff(saved, cfg, ignore=("steps",))
+    if diff:
         raise UserError(
             f"{run.path} holds a run with a different config (differs in: {', '.join(diff)}); "
             "choose another --output-dir or repeat the original settings"
