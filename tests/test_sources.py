@@ -322,3 +322,21 @@ def test_messages_use_flag_names_not_internal_names(tmp_path):
         with pytest.raises(UserError) as e:
             load_source(str(path), test_per_class=per_class, decode=False)
         assert expected in _one_line(e)
+
+
+def test_decode_progress_logs_lines_not_a_bar(caplog):
+    """A long decode reports at every 10% through the `bacon_zoo` logger (a log file gets lines)."""
+    import logging
+
+    from bacon_zoo.data.sources import _decode_progress
+
+    with caplog.at_level(logging.INFO, logger="bacon_zoo"):
+        report = _decode_progress(50_000, "decoding cifar10/train")
+        for done in range(0, 50_001, 1000):
+            report(done)
+        small = _decode_progress(500, "decoding digits/train")
+        for done in range(0, 501, 10):
+            small(done)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 11 and lines[-1].startswith("decoding cifar10/train: 50000/50000 images")
+    assert not any("digits" in line for line in lines)

@@ -13,10 +13,12 @@ import difflib
 import functools
 import hashlib
 import io
+import logging
 import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,7 +467,9 @@ def decode_images(
     ok = np.ones(len(col), dtype=bool)
     errors = _unreadable_errors()
     pos = 0
+    report = _decode_progress(len(col), f"decoding {name or 'images'}/{split}")
     for batch in col.iter(batch_size=batch_size):
+        report(pos)
         for value in batch[image_column]:
             try:
                 out[pos] = _to_rgb(value, image_size)
@@ -475,7 +479,25 @@ def decode_images(
                     raise UserError(_unreadable_message(name or split, where, e)) from None
                 ok[pos] = False
             pos += 1
+    report(pos)
     return out, ok
+
+
+def _decode_progress(total: int, what: str, parts: int = 10):
+    """A callback `report(done)` for a long one-time decode: a line to the `bacon_zoo` logger at every
+    tenth of the set (a scheduler's log file gets lines, not a redrawn bar); silent below 20k images."""
+    log = logging.getLogger("bacon_zoo")
+    step = max(1, total // parts)
+    state = {"next": 0, "t0": time.perf_counter()}
+
+    def report(done: int) -> None:
+        if total < 20_000 or (done < state["next"] and done < total) or state["next"] > total:
+            return
+        state["next"] = (done // step + 1) * step if done < total else total + 1
+        rate = done / max(time.perf_counter() - state["t0"], 1e-9)
+        log.info(f"{what}: {done}/{total} images ({rate:.0f}/s), decoded once and cached")
+
+    return report
 
 
 def _cache_key(ds: Any, split: str, image_column: str, image_size: int) -> str | None:

@@ -325,11 +325,13 @@ class Progress:
             self.bar.close()
 
 
-def _configure_logging() -> None:
-    """Our progress lines to stderr at INFO (main process: accelerate's logger filters the others);
-    accelerate's own INFO chatter (every checkpoint file) stays at the root logger's level."""
+def _configure_logging(main_process: bool) -> None:
+    """Our progress lines (the `bacon_zoo` logger) to stderr at INFO on the main process; accelerate's
+    own INFO chatter (every checkpoint file) stays at the root logger's level."""
     base = logging.getLogger("bacon_zoo")
-    if not base.handlers:
+    if not main_process:
+        base.setLevel(logging.WARNING)
+    elif not base.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         base.addHandler(handler)
@@ -385,6 +387,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     `summary.json`; a SIGTERM/SIGINT stops every rank at the same step, after a checkpoint."""
     # ---- checks, before anything is written
     state = PartialState(cpu=cfg.cpu)
+    _configure_logging(state.is_main_process)
     run = RunDir(cfg.output_dir or default_run_dir(cfg))
     check_writable_dir(run.path, "--output-dir")
     _check_tracker(cfg.log_with)
@@ -417,7 +420,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         # loss after `bacon.start`: DDP must tolerate parameters without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    _configure_logging()
     rank, world = accelerator.process_index, accelerator.num_processes
 
     # ---- the run directory is written only now, when the run really starts
