@@ -494,36 +494,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(dumps(cfg))
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """The config saved in a run directory; a damaged file is one line naming it and the problem."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(
-            f"'{run_dir}' is not a run directory (no config.yaml); point at a train output dir"
-        )
-    try:
-        data = yaml_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(
-            f"{path} is not valid YAML ({_yaml_problem(e)}); fix or restore it"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise UserError(
-            f"{path} must be a mapping of config keys, not {type(data).__name__}; fix or restore it"
-        )
-    try:
-        return config_from_dict(data)
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
+def yaml_problem(e: yaml.YAMLError) -> str:
     """`line 3: could not find expected ':'` from a PyYAML error, on one line."""
     mark = getattr(e, "problem_mark", None)
     problem = " ".join(str(getattr(e, "problem", None) or e).split())

@@ -180,11 +180,12 @@ def test_edge_values_inside_the_ranges_are_accepted():
     assert cfg.keep_checkpoints == 0 and cfg.seed == 2**32 - 1
 
 
-# ---- YAML: what dumps/save_config write, yaml_load reads back identically
+# ---- YAML: what dumps / RunDir.write_config write, yaml_load reads back identically
 
 
 def test_mixed_precision_no_round_trips(tmp_path):
-    from bacon_zoo.config import dumps, load_run_config, save_config, yaml_load
+    from bacon_zoo.config import dumps, yaml_load
+    from bacon_zoo.run import RunDir
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("mixed_precision: no\nlog_with: none\n")
@@ -192,8 +193,8 @@ def test_mixed_precision_no_round_trips(tmp_path):
     assert cfg.mixed_precision == "no" and cfg.log_with == "none"
     assert build_config(None, None, ["mixed_precision=no"]).mixed_precision == "no"
     assert build_config(None, {"mixed_precision": "no"}).mixed_precision == "no"
-    save_config(cfg, tmp_path / "config.yaml")
-    assert load_run_config(tmp_path) == cfg
+    RunDir(tmp_path).write_config(cfg, "bf16")
+    assert RunDir(tmp_path).read_config() == cfg
     assert yaml_load(dumps(cfg)) == cfg.to_dict()
 
 
@@ -232,11 +233,11 @@ def test_every_recipe_round_trips():
     ],
 )
 def test_malformed_run_config_is_one_line(tmp_path, text, message):
-    from bacon_zoo.config import load_run_config
+    from bacon_zoo.run import RunDir
 
     (tmp_path / "config.yaml").write_text(text)
     with pytest.raises(UserError) as err:
-        load_run_config(tmp_path)
+        RunDir(tmp_path).read_config()
     msg = str(err.value)
     assert str(tmp_path / "config.yaml") in msg and message in msg and "\n" not in msg
 

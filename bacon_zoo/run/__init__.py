@@ -2,7 +2,8 @@
 
 A run directory (`bacon-zoo train --output-dir RUN_DIR`) holds:
 
-    config.yaml      the resolved TrainConfig (+ `protocol`: which training protocol produced the run)
+    config.yaml      the resolved TrainConfig (+ `protocol`: which training protocol produced the run,
+                     + `precision`: the precision `mixed_precision` resolved to on the latest start)
     split.json       the long-tailed split (indices), reloaded on resume
     data.json        what export and analysis need to know about the data without reloading it
     metrics.jsonl    one strict-JSON record per evaluation
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bacon_zoo.config import TrainConfig, config_from_dict, dumps, yaml_load
+import yaml
+
+from bacon_zoo.config import TrainConfig, config_from_dict, dumps, yaml_load, yaml_problem
 from bacon_zoo.errors import UserError
 from bacon_zoo.fileio import append_jsonl, atomic_write_text, read_json, read_jsonl, write_json
 
@@ -121,31 +124,38 @@ class RunDir:
     # ---- config.yaml
     def read_config_dict(self) -> dict[str, Any]:
         self.require()
+        path = self.config_path
         try:
-            data = yaml_load(self.config_path.read_text())
-        except Exception as e:  # yaml.YAMLError, UnicodeDecodeError
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
+            data = yaml_load(path.read_text())
+        except yaml.YAMLError as e:
             raise UserError(
-                f"{self.config_path} is not valid YAML{where}; restore it or start a new --output-dir"
+                f"{path} is not valid YAML ({yaml_problem(e)}); fix or restore it"
             ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
         if not isinstance(data, dict):
             raise UserError(
-                f"{self.config_path} is not a mapping of config keys; restore it or start a new --output-dir"
+                f"{path} must be a mapping of config keys, not {type(data).__name__}; fix or restore it"
             )
         return data
 
     def read_config(self) -> TrainConfig:
         data = self.read_config_dict()
         data.pop("protocol", None)
-        return config_from_dict(data)
+        data.pop("precision", None)
+        try:
+            return config_from_dict(data)
+        except UserError as e:
+            raise UserError(f"{self.config_path}: {e}") from None
 
     def protocol(self) -> str:
         """The training protocol recorded in config.yaml (`v1` for runs that predate the record)."""
         return str(self.read_config_dict().get("protocol", LEGACY_PROTOCOL))
 
-    def write_config(self, cfg: TrainConfig) -> None:
-        atomic_write_text(self.config_path, f"protocol: {PROTOCOL}\n" + dumps(cfg))
+    def write_config(self, cfg: TrainConfig, precision: str | None = None) -> None:
+        """The config, headed by the protocol and (when known) the precision actually used."""
+        head = f"protocol: {PROTOCOL}\n" + (f"precision: {precision}\n" if precision else "")
+        atomic_write_text(self.config_path, head + dumps(cfg))
 
     # ---- data.json / split.json
     def read_data(self) -> dict[str, Any]:

@@ -207,15 +207,15 @@ def _note(text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def _resume_point(cfg: TrainConfig, run: RunDir) -> tuple[Path | None, bool]:
-    """(checkpoint to resume or None, whether config.yaml must be (re)written), after checking that
-    the directory holds this experiment. Only `steps` may differ (a finished run can be extended)."""
+def _resume_point(cfg: TrainConfig, run: RunDir) -> Path | None:
+    """The checkpoint to resume (None: start at step 0), after checking that the directory holds
+    this experiment. Only `steps` may differ (a finished run can be extended)."""
     if not run.is_run():
         if cfg.resume not in (None, "auto"):
-            return find_resume_dir(cfg.resume, run.checkpoints_dir), True
+            return find_resume_dir(cfg.resume, run.checkpoints_dir)
         if cfg.resume == "auto":
             _note(f"--resume: no run in {run.path} yet; starting a new run")
-        return None, True
+        return None
     saved = run.read_config()
     diff = config_diff(saved, cfg, ignore=("steps",))
     if diff:
@@ -223,20 +223,13 @@ def _resume_point(cfg: TrainConfig, run: RunDir) -> tuple[Path | None, bool]:
             f"{run.path} holds a run with a different config (differs in: {', '.join(diff)}); "
             "choose another --output-dir or repeat the original settings"
         )
-    if not cfg.resume:
-        if run.checkpoints():
-            raise UserError(
-                f"{run.path} already has checkpoints; pass --resume to continue it or choose another "
-                "--output-dir"
-            )
-        return None, saved.steps != cfg.steps
-    resume_dir = find_resume_dir(cfg.resume, run.checkpoints_dir)
-    if resume_dir is None:
-        print(
-            f"--resume: {run.path} has no complete checkpoint; starting from step 0",
-            file=sys.stderr,
+    if not cfg.resume and run.checkpoints():
+        raise UserError(
+            f"{run.path} already has checkpoints; pass --resume to continue it or choose another "
+            "--output-dir"
         )
-    return resume_dir, saved.steps != cfg.steps
+    # says on stderr which damaged checkpoints it skipped, or that it starts from step 0
+    return find_resume_dir(cfg.resume, run.checkpoints_dir) if cfg.resume else None
 
 
 # the package each `--log-with` tracker needs (accelerate only warns and trains without it)
@@ -391,7 +384,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     run = RunDir(cfg.output_dir or default_run_dir(cfg))
     check_writable_dir(run.path, "--output-dir")
     _check_tracker(cfg.log_with)
-    resume_dir, write_config = _resume_point(cfg, run)
+    resume_dir = _resume_point(cfg, run)
     resume_step = int(resume_dir.name.split("_")[-1]) if resume_dir is not None else 0
     done = run.read_summary() if resume_step == cfg.steps else None
     if done and done.get("status") == "complete" and done.get("steps") == cfg.steps:
@@ -425,8 +418,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     # ---- the run directory is written only now, when the run really starts
     if accelerator.is_main_process:
         run.path.mkdir(parents=True, exist_ok=True)
-        if write_config:
-            run.write_config(cfg)
+        # rewritten on every start: a grown --steps, and the precision this start resolved to
+        run.write_config(cfg, "fp32" if precision == "no" else precision)
         if not run.split_path.is_file():
             data.split.to_json(run.split_path)
         run.write_data(data_card(data, cfg))
