@@ -272,7 +272,9 @@ def analyze_run(
             f"{rd.data_path} says {card['num_classes']} classes but the data set has "
             f"{data.num_classes}; the data changed since training"
         )
-    accelerator = Accelerator()  # fp32 on the best local device, one process
+    # the precision the run was evaluated in during training, so the numbers match metrics.jsonl
+    used = rd.read_config_dict().get("precision") or (rd.read_summary() or {}).get("precision")
+    accelerator = Accelerator(mixed_precision={"fp32": "no", None: "no"}.get(used, used))
     model = model.to(accelerator.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -62,7 +62,8 @@ METRICS = {
 PROTOCOL_KEYS = (
     "steps", "batch_size", "mu", "lr", "lr_schedule", "warmup_steps", "momentum", "nesterov",
     "weight_decay", "weight_decay_all", "ema_decay", "image_size", "eval_every", "max_eval_samples",
-    "pretrained", "include_labeled_in_unlabeled", "fixmatch", "abc", "bacon",
+    "pretrained", "include_labeled_in_unlabeled", "bn_momentum", "ema_warmup", "head_init", "fixmatch",
+    "abc", "bacon",
 )  # fmt: skip
 CITATION = """\
 @inproceedings{feng2024bacon,
