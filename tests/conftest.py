@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 CIFAR_PATH = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg"
 
 
@@ -94,3 +99,24 @@ def tiny_train_argv(out_dir, *extra_sets: str) -> list[str]:
 def tiny_train():
     """`tiny_train(out_dir, *extra_sets) -> argv` for `run_cli` (see TINY_SETS)."""
     return tiny_train_argv
+
+
+# ---- two CPU processes under `accelerate launch` (the distributed checks)
+
+
+def launch_two(script: str | Path, *args: str, env: dict | None = None, timeout: int = 300):
+    """`accelerate launch --multi_gpu --num_processes 2 SCRIPT ARGS` on the CPU (gloo), from the repo
+    root; returns the CompletedProcess (text output captured)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(port), str(script), *args,
+    ]  # fmt: skip
+    full = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
+    return subprocess.run(
+        cmd, cwd=ROOT, env=full | (env or {}), capture_output=True, text=True, timeout=timeout
+    )

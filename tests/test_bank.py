@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import torch
+from conftest import launch_two
 
 from bacon_zoo.algorithms import BaCon, MemoryBank
 from bacon_zoo.config import TrainConfig
@@ -185,31 +182,10 @@ def test_bacon_quirks_raw_logits_and_labeled_gate():
 # two processes under accelerate
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_banks_identical_across_two_processes():
     """~20 s on 2 shared CPU cores (two interpreter start-ups + gloo); the only distributed check."""
-    exe = ROOT / ".venv" / "bin" / "accelerate"
-    launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd = [
-        *launcher,
-        *(["launch"] if exe.exists() else []),
-        "--multi_gpu",
-        "--num_processes", "2",
-        "--num_machines", "1",
-        "--mixed_precision", "no",
-        "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        "tests/dist_bank_check.py",
-    ]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = launch_two("tests/dist_bank_check.py")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, (
         f"exit {proc.returncode} after {time.time() - t0:.0f}s:\n{out[-4000:]}"

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import launch_two
 
 from bacon_zoo.data import (
     ImageSet,
@@ -214,30 +211,10 @@ def test_eval_loader_old_positional_num_workers():
 # two processes under accelerate
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_see_disjoint_complete_batches():
     """Two interpreter start-ups + gloo: the bulk of its few seconds."""
-    exe = ROOT / ".venv" / "bin" / "accelerate"
-    launcher = [str(exe), "launch"] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]  # fmt: skip
-    cmd = [
-        *launcher,
-        "--multi_gpu",
-        "--num_processes", "2",
-        "--num_machines", "1",
-        "--mixed_precision", "no",
-        "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        "tests/dist_stream_check.py",
-    ]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = launch_two("tests/dist_stream_check.py")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, (
         f"exit {proc.returncode} after {time.time() - t0:.0f}s:\n{out[-4000:]}"
