@@ -92,7 +92,9 @@ class TrainConfig:
     )
     max_eval_samples: int | None = None  # evaluate on a class-balanced subset (quick runs)
     image_size: int = 32
-    num_workers: int = 4
+    num_workers: int = (
+        4  # ignored: views are made in batches on the device (kept so older configs load)
+    )
     data_device: str = (
         "auto"  # where the uint8 images live and views are made: auto (the accelerator's) | cpu
     )

@@ -120,3 +120,14 @@ def launch_two(script: str | Path, *args: str, env: dict | None = None, timeout:
     return subprocess.run(
         cmd, cwd=ROOT, env=full | (env or {}), capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny forwards: one thread avoids OpenMP stalls on a shared 2-core machine (2 s -> 20 ms)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -3,9 +3,6 @@
 For every case: a non-zero exit, no traceback, exactly one `error:` line naming the problem, and
 the watched state (the shared finished run, its export, any case folder) byte-for-byte unchanged;
 a train command that fails also must not have created its output directory.
-
-Cases that still fail because another part of the project is not fixed yet are
-`xfail(strict=True)` with the owner in the reason: once fixed they XPASS, and the marker must go.
 """
 
 from __future__ import annotations
@@ -295,101 +292,91 @@ def _bad_recipe(c: Ctx) -> list[str]:
     return c.train("--recipe", c.tmp / "r.yaml")
 
 
-# ---- the table: (id, setup, expected text in the error line, xfail reason or None)
-
-LEAD, HUB, ANALYSIS, STUDY, SOURCES = "lead", "hub", "analysis", "study", "sources"
-
-
-def _x(owner: str, what: str) -> str:
-    return f"{owner}: {what}"
-
+# ---- the table: (id, setup, expected text in the error line)
 
 CASES = [
     # unchecked numbers (17.3): refused by config.validate before anything runs
-    ("lr_negative", _train("--lr", "-0.1"), "lr must be > 0 (got -0.1)", None),
-    ("lr_nan", _train("--lr", "nan"), "lr must be > 0 (got nan)", None),
-    ("lr_not_a_number", _train("--lr", "fast"), "'lr': 'fast' is not a valid float", None),
-    ("eval_batch_size_0", _train("--eval-batch-size", "0"), "eval_batch_size must be >= 1", None),
-    ("log_every_0", _train("--log-every", "0"), "log_every must be >= 1", None),
-    ("seed_negative", _train("--seed", "-1"), "seed must be in [0, 4294967295]", None),
-    ("seed_too_big", _train("--seed", str(2**32)), "seed must be in [0, 4294967295]", None),
-    ("ema_decay_1_5", _train("--ema-decay", "1.5"), "ema_decay must be in [0, 1)", None),
-    ("tau0_negative", _train("--set", "bacon.tau0=-1"), "bacon.tau0 must be > 0", None),
-    ("eta_1", _train("--set", "bacon.eta=1"), "bacon.eta must be in [0, 1)", None),
-    ("topk_0", _train("--set", "bacon.topk=0"), "bacon.topk must be >= 1", None),
-    ("threshold_1_5", _train("--set", "fixmatch.threshold=1.5"), "fixmatch.threshold must be in [0, 1]", None),
-    ("max_eval_samples_0", _train("--max-eval-samples", "0"), "max_eval_samples must be >= 1 or null", None),
-    ("test_per_class_neg", _train("--test-per-class", "-3"), "test_per_class must be >= 1 or null", None),
-    ("batch_size_0", _train("--batch-size", "0"), "batch_size must be >= 1", None),
-    ("num_workers_neg", _train("--num-workers", "-1"), "num_workers must be >= 0", None),
-    ("image_size_4", _train("--image-size", "4"), "image_size must be >= 8", None),
-    ("momentum_1", _train("--momentum", "1"), "momentum must be in [0, 1)", None),
-    ("bn_momentum_0", _train("--bn-momentum", "0"), "bn_momentum must be in (0, 1] or null", None),
-    ("weight_decay_neg", _train("--weight-decay", "-1e-4"), "weight_decay must be >= 0", None),
-    ("keep_checkpoints_neg", _train("--keep-checkpoints", "-1"), "keep_checkpoints must be >= 0", None),
-    ("mixed_precision_bad", _train("--mixed-precision", "fp17"), "mixed_precision 'fp17' is not one of", None),
-    ("flag_without_value", _train("--lr"), "argument --lr: expected one argument", None),
-    ("unknown_flag", _train("--learning-rate", "1"), "unrecognized arguments: --learning-rate", None),
-    ("unknown_set_key", _train("--set", "bacon.tua=1"), "unknown config key 'bacon.tua'", None),
-    ("set_without_equals", _train("--set", "lr"), "--set expects key=value", None),
-    ("recipe_missing", _train("--recipe", "no_such_recipe"), "recipe 'no_such_recipe' not found", None),
-    ("recipe_bad_yaml", _bad_recipe, "is not valid YAML", None),
+    ("lr_negative", _train("--lr", "-0.1"), "lr must be > 0 (got -0.1)"),
+    ("lr_nan", _train("--lr", "nan"), "lr must be > 0 (got nan)"),
+    ("lr_not_a_number", _train("--lr", "fast"), "'lr': 'fast' is not a valid float"),
+    ("eval_batch_size_0", _train("--eval-batch-size", "0"), "eval_batch_size must be >= 1"),
+    ("log_every_0", _train("--log-every", "0"), "log_every must be >= 1"),
+    ("seed_negative", _train("--seed", "-1"), "seed must be in [0, 4294967295]"),
+    ("seed_too_big", _train("--seed", str(2**32)), "seed must be in [0, 4294967295]"),
+    ("ema_decay_1_5", _train("--ema-decay", "1.5"), "ema_decay must be in [0, 1)"),
+    ("tau0_negative", _train("--set", "bacon.tau0=-1"), "bacon.tau0 must be > 0"),
+    ("eta_1", _train("--set", "bacon.eta=1"), "bacon.eta must be in [0, 1)"),
+    ("topk_0", _train("--set", "bacon.topk=0"), "bacon.topk must be >= 1"),
+    ("threshold_1_5", _train("--set", "fixmatch.threshold=1.5"), "fixmatch.threshold must be in [0, 1]"),
+    ("max_eval_samples_0", _train("--max-eval-samples", "0"), "max_eval_samples must be >= 1 or null"),
+    ("test_per_class_neg", _train("--test-per-class", "-3"), "test_per_class must be >= 1 or null"),
+    ("batch_size_0", _train("--batch-size", "0"), "batch_size must be >= 1"),
+    ("num_workers_neg", _train("--num-workers", "-1"), "num_workers must be >= 0"),
+    ("image_size_4", _train("--image-size", "4"), "image_size must be >= 8"),
+    ("momentum_1", _train("--momentum", "1"), "momentum must be in [0, 1)"),
+    ("bn_momentum_0", _train("--bn-momentum", "0"), "bn_momentum must be in (0, 1] or null"),
+    ("weight_decay_neg", _train("--weight-decay", "-1e-4"), "weight_decay must be >= 0"),
+    ("keep_checkpoints_neg", _train("--keep-checkpoints", "-1"), "keep_checkpoints must be >= 0"),
+    ("mixed_precision_bad", _train("--mixed-precision", "fp17"), "mixed_precision 'fp17' is not one of"),
+    ("flag_without_value", _train("--lr"), "argument --lr: expected one argument"),
+    ("unknown_flag", _train("--learning-rate", "1"), "unrecognized arguments: --learning-rate"),
+    ("unknown_set_key", _train("--set", "bacon.tua=1"), "unknown config key 'bacon.tua'"),
+    ("set_without_equals", _train("--set", "lr"), "--set expects key=value"),
+    ("recipe_missing", _train("--recipe", "no_such_recipe"), "recipe 'no_such_recipe' not found"),
+    ("recipe_bad_yaml", _bad_recipe, "is not valid YAML"),
     # precision (17.4) and backbones (17.5)
-    ("fp16_on_cpu", _train("--mixed-precision", "fp16"), "fp16", None),
-    ("unknown_backbone", _train("--backbone", "wrn28-2"), "wrn28_2", None),
-    ("vit_at_16px", _train("--backbone", "vit_tiny_patch4_32", "--image-size", "16"), "image size", None),
-    ("convnext_at_8px", _train("--backbone", "convnext_atto"), "image size", None),
+    ("fp16_on_cpu", _train("--mixed-precision", "fp16"), "fp16"),
+    ("unknown_backbone", _train("--backbone", "wrn28-2"), "wrn28_2"),
+    ("vit_at_16px", _train("--backbone", "vit_tiny_patch4_32", "--image-size", "16"), "image size"),
+    ("convnext_at_8px", _train("--backbone", "convnext_atto"), "image size"),
     # data (17.6)
-    ("corrupt_image", corrupt_image, "broken.png", None),
-    ("empty_folder", empty_folder, "no images or supported data files", None),
-    ("one_class_folder", one_class_folder, "one class", None),
-    ("dataset_missing", _train("--set", "dataset=/no/such/folder"), "/no/such/folder", None),
-    ("n1_too_big", _train("--n1", "5000"), "5000", None),
+    ("corrupt_image", corrupt_image, "broken.png"),
+    ("empty_folder", empty_folder, "no images or supported data files"),
+    ("one_class_folder", one_class_folder, "one class"),
+    ("dataset_missing", _train("--set", "dataset=/no/such/folder"), "/no/such/folder"),
+    ("n1_too_big", _train("--n1", "5000"), "5000"),
     # paths (17.7)
-    ("output_dir_is_file", output_dir_is_file, "afile", None),
-    ("output_dir_under_file", output_dir_under_file, "afile", None),
-    ("output_dir_not_writable", output_dir_deep_under_file, "afile", None),
-    ("save_split_unwritable", save_split_unwritable, "split.json", None),
-    ("resume_malformed_config", resume_malformed_config, "config.yaml is not valid YAML", None),
-    ("export_malformed_config", export_malformed_config, "config.yaml is not valid YAML", None),
-    ("analyze_malformed_config", analyze_malformed_config, "config.yaml is not valid YAML", None),
-    ("resume_corrupt_split", resume_corrupt_split, "split.json", None),
+    ("output_dir_is_file", output_dir_is_file, "afile"),
+    ("output_dir_under_file", output_dir_under_file, "afile"),
+    ("output_dir_not_writable", output_dir_deep_under_file, "afile"),
+    ("save_split_unwritable", save_split_unwritable, "split.json"),
+    ("resume_malformed_config", resume_malformed_config, "config.yaml is not valid YAML"),
+    ("export_malformed_config", export_malformed_config, "config.yaml is not valid YAML"),
+    ("analyze_malformed_config", analyze_malformed_config, "config.yaml is not valid YAML"),
+    ("resume_corrupt_split", resume_corrupt_split, "split.json"),
     # user files (17.8)
-    ("export_over_edited_export", export_over_edited_export, "--force", None),
-    ("analyze_out_over_unrelated", analyze_out_over_unrelated, "mine", None),
+    ("export_over_edited_export", export_over_edited_export, "--force"),
+    ("analyze_out_over_unrelated", analyze_out_over_unrelated, "mine"),
     # resume (17.1, 17.11)
-    ("resume_empty_dir", resume_empty_dir, "no checkpoints in it", None),
-    ("resume_mistyped_dir", resume_mistyped_dir, "no such directory", None),
-    ("resume_a_file", resume_a_file, "not a directory", None),
-    ("resume_damaged_checkpoint", resume_damaged_checkpoint, "damaged checkpoint (model.safetensors is 64 bytes", None),
-    ("resume_only_damaged_checkpoint", resume_only_damaged, "no complete checkpoint", None),
-    ("resume_tmp_checkpoint", resume_tmp_checkpoint, "half-written checkpoint", None),
-    ("train_over_finished_run", train_over_finished_without_resume, "--resume", None),
-    ("resume_with_other_lr", resume_with_other_lr, "differs in: lr", None),
+    ("resume_empty_dir", resume_empty_dir, "no checkpoints in it"),
+    ("resume_mistyped_dir", resume_mistyped_dir, "no such directory"),
+    ("resume_a_file", resume_a_file, "not a directory"),
+    ("resume_damaged_checkpoint", resume_damaged_checkpoint, "damaged checkpoint (model.safetensors is 64 bytes"),
+    ("resume_only_damaged_checkpoint", resume_only_damaged, "no complete checkpoint"),
+    ("resume_tmp_checkpoint", resume_tmp_checkpoint, "half-written checkpoint"),
+    ("train_over_finished_run", train_over_finished_without_resume, "--resume"),
+    ("resume_with_other_lr", resume_with_other_lr, "differs in: lr"),
     # other commands (17.11)
-    ("study_dry_run_bad_backbone", study_dry_run_bad_backbone, "no_such_net", None),
-    ("analyze_compare_bad", analyze_compare_bad, "no_such_run", None),
-    ("analyze_not_a_run", analyze_not_a_run, "not a run directory", None),
-    ("analyze_max_points_neg", lambda c: ["analyze", c.shared, "--max-points", "-1"], "--max-points must be >= 0", None),
-    ("export_not_a_run", export_not_a_run, "not a run directory", None),
-    ("push_without_token", push_without_token, "token", None),
-    ("predict_missing_image", predict_missing_image, "no_such.png", None),
-    ("study_bad_grid", lambda c: ["study", "run", "--grid", "backbone", "--out", c.tmp / "s", "--dry-run"], "backbone", None),
-    ("data_n1_zero", lambda c: ["data", "--n1", "0"], "n1 must be >= 1 (got 0)", None),
+    ("study_dry_run_bad_backbone", study_dry_run_bad_backbone, "no_such_net"),
+    ("analyze_compare_bad", analyze_compare_bad, "no_such_run"),
+    ("analyze_not_a_run", analyze_not_a_run, "not a run directory"),
+    ("analyze_max_points_neg", lambda c: ["analyze", c.shared, "--max-points", "-1"], "--max-points must be >= 0"),
+    ("export_not_a_run", export_not_a_run, "not a run directory"),
+    ("push_without_token", push_without_token, "token"),
+    ("predict_missing_image", predict_missing_image, "no_such.png"),
+    ("study_bad_grid", lambda c: ["study", "run", "--grid", "backbone", "--out", c.tmp / "s", "--dry-run"], "backbone"),
+    ("data_n1_zero", lambda c: ["data", "--n1", "0"], "n1 must be >= 1 (got 0)"),
 ]  # fmt: skip
 if (
     importlib.util.find_spec("tensorboard") is None
     and importlib.util.find_spec("tensorboardX") is None
 ):
-    CASES.append(
-        ("tensorboard_missing", tensorboard_missing, "needs the 'tensorboard' package", None)
-    )
+    CASES.append(("tensorboard_missing", tensorboard_missing, "needs the 'tensorboard' package"))
 
 
 def _param(case):
-    name, setup, expect, xfail = case
-    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
-    return pytest.param(setup, expect, id=name, marks=marks)
+    name, setup, expect = case
+    return pytest.param(setup, expect, id=name)
 
 
 def test_there_are_at_least_40_cases():

@@ -109,13 +109,7 @@ def _make_run(
     return net
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny forwards: one thread avoids OpenMP stalls on a shared 2-core machine (2 s -> 20 ms)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from bacon_zoo.cli import main
 from bacon_zoo.hub.names import sha256_file
 from bacon_zoo.run.weights import load_bacon_net
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x() -> torch.Tensor:

@@ -145,10 +145,8 @@ def test_rank_slices_disjoint_and_tile_the_global_batch():
                 assert torch.equal(torch.cat([r0[key], r1[key]]), g[key]), (s, which, key)
 
 
-def test_streams_leave_global_rng_alone_and_ignore_num_workers():
-    lab, unl = make_train_loaders(
-        _image_set(8), _image_set(8), 4, 1, MEAN, STD, seed=0, num_workers=4
-    )
+def test_streams_leave_global_rng_alone():
+    lab, unl = make_train_loaders(_image_set(8), _image_set(8), 4, 1, MEAN, STD, seed=0)
     state = torch.get_rng_state()
     next(iter(unl)), next(iter(lab))
     assert torch.equal(state, torch.get_rng_state())
@@ -199,12 +197,6 @@ def test_eval_loader_values_and_repeatable():
     shard = list(make_eval_loader(_image_set(11), 4, MEAN, STD, rank=1, world_size=2))
     assert [b["idx"].tolist() for b in shard] == [[4, 5, 6, 7], [10, -1]]
     assert shard[-1]["y"][-1] == -1
-
-
-def test_eval_loader_old_positional_num_workers():
-    with pytest.warns(DeprecationWarning, match="num_workers"):
-        loader = make_eval_loader(_image_set(3), 2, MEAN, STD, 4)
-    assert next(iter(loader))["x"].device.type == "cpu"
 
 
 # ---------------------------------------------------------------------------------------------

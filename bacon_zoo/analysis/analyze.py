@@ -10,7 +10,6 @@ with cosine distance on the same subsample.
 
 from __future__ import annotations
 
-import inspect
 import io
 import math
 import re
@@ -168,40 +167,12 @@ def evaluate_with_features(
     """The training evaluation (`bacon_zoo.train.evaluate.evaluate`, the one eval loop) with the
     backbone features and projections of every test image: labels, preds, probs, indices, feats, proj.
     """
-    if "features" in inspect.signature(evaluate).parameters:
-        _, out = evaluate(
-            model, loader, head, accelerator, num_classes, labeled_counts, channels_last,
-            features=True,
-        )  # fmt: skip
-        out = dict(out)
-        out["feats"], out["proj"] = out.pop("features"), out.pop("projections")
-        return out
-    # Interim, until evaluate() returns features itself: record them on the way through its loop.
-    # Single process, so evaluate's rows are the loader's rows in order (no padding to drop).
-    recorder = _FeatureRecorder(model)
     _, out = evaluate(
-        recorder, loader, head, accelerator, num_classes, labeled_counts, channels_last
+        model, loader, head, accelerator, num_classes, labeled_counts, channels_last, features=True
     )
-    return dict(out) | recorder.arrays()
-
-
-class _FeatureRecorder(torch.nn.Module):
-    """Wraps a BaconNet; keeps f(x) and g(f(x)) of every forward (the interim adapter above)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.feats: list[torch.Tensor] = []
-        self.proj: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> Any:
-        out = self.model(x)
-        self.feats.append(out.feat.float().cpu())
-        self.proj.append(out.proj.float().cpu())
-        return out
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"feats": torch.cat(self.feats).numpy(), "proj": torch.cat(self.proj).numpy()}
+    out = dict(out)
+    out["feats"], out["proj"] = out.pop("features"), out.pop("projections")
+    return out
 
 
 @dataclass

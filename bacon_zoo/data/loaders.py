@@ -17,7 +17,6 @@ Do not pass these through `accelerator.prepare`: they are already sharded by ran
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -202,17 +201,14 @@ def make_train_loaders(
     start_step: int = 0,
     device: torch.device | str = "cpu",
     data_device: torch.device | str | None = None,
-    num_workers: int | None = None,
 ) -> tuple[TrainStream, TrainStream]:
     """Endless labeled {"x", "y", "idx"} and unlabeled {"x_w", "x_s", "y", "idx"} streams.
 
     Per rank and step: `batch_size` labeled weak views, `mu * batch_size` unlabeled weak + strong views;
     x float32 [n, 3, H, W] normalised with (mean, std), y / idx int64 [n], all on `device`. The uint8
     images are held and augmented on `data_device` (default `device`; "cpu" for sets that do not fit).
-    `start_step=s` makes the first batch equal to batch s of a fresh stream. `num_workers` is ignored
-    (views are made in batches; the argument is kept for one release).
+    `start_step=s` makes the first batch equal to batch s of a fresh stream.
     """
-    del num_workers
     common = dict(
         mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, start_step=start_step,
         device=device, data_device=data_device,
@@ -310,21 +306,10 @@ def make_eval_loader(
     device: torch.device | str = "cpu",
     rank: int = 0,
     world_size: int = 1,
-    num_workers: int | None = None,
 ) -> EvalLoader:
     """This rank's shard of `images` as {"x" float32, "y" int64, "idx" int64} batches on `device`.
 
     Layout (which positions, in which order, padding): `eval_positions`. With world_size 1 the batches
-    are simply positions [0, B), [B, 2B), ... `num_workers` is ignored (kept for one release).
+    are simply positions [0, B), [B, 2B), ...
     """
-    del num_workers
-    if isinstance(device, int) and not isinstance(device, bool):
-        # the old signature's fifth positional argument was num_workers
-        warnings.warn(
-            "make_eval_loader's fifth argument is now `device`; an int is read as the old "
-            "num_workers and ignored (pass device=...)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        device = "cpu"
     return EvalLoader(images, batch_size, mean, std, device, rank, world_size)

@@ -28,6 +28,7 @@ from bacon_zoo.hub.names import (
     needs_bacon_zoo,
     setting_string,
 )
+from bacon_zoo.run import LEGACY_PROTOCOL, PROTOCOL
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard
@@ -45,9 +46,9 @@ HEADS = {
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10", "svhn": "SVHN"}
 # which code produced a run (config.yaml `protocol`; runs without the key predate it)
 PROTOCOLS = {
-    "release-v2": "the release's protocol: USB's WRN, the release's weight-decay groups, its "
+    PROTOCOL: "the release's protocol: USB's WRN, the release's weight-decay groups, its "
     "RandAugment/Cutout strong view, SVHN train+extra, STL-10 unlabeled + labeled-train",
-    "v1": "the earlier bacon-zoo network and protocol (a WRN that is not USB's, weight decay on every "
+    LEGACY_PROTOCOL: "the earlier bacon-zoo network and protocol (a WRN that is not USB's, weight decay on every "
     "parameter, timm's RandAugment); numbers are not comparable with release-protocol runs",
 }
 # summary key -> (model-index metric type, readable name)
@@ -121,7 +122,7 @@ def dataset_title(dataset: str) -> str:
 
 
 def protocol_of(recipe: dict) -> str:
-    return str(recipe.get("protocol") or "v1")
+    return str(recipe.get("protocol") or LEGACY_PROTOCOL)
 
 
 def precision_of(summary: dict) -> str:
@@ -444,7 +445,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     L: list[str] = [f"# {name}", ""]
     if warning:
         L += [warning, ""]
-    if protocol != "release-v2":
+    if protocol != PROTOCOL:
         L += [f"**Produced by {PROTOCOLS.get(protocol, protocol)} (protocol `{protocol}`).**", ""]
     L += [
         f"A `{arch}` image classifier for "
@@ -546,7 +547,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
 
     L += ["## Differences from the released code", ""]
     L += [f"- {d}" for d in DIFFERENCES]
-    if protocol != "release-v2":
+    if protocol != PROTOCOL:
         L += [f"- This run predates the release protocol: {PROTOCOLS.get(protocol, protocol)}."]
     quirks = (recipe.get("bacon") or {}).get("official_quirks")
     L += [f"- This run: `bacon.official_quirks` is {'on' if quirks else 'off'}."]

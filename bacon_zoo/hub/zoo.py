@@ -31,6 +31,7 @@ from bacon_zoo.hub.names import (
     is_tag,
     setting_string,
 )
+from bacon_zoo.run import LEGACY_PROTOCOL, PROTOCOL
 
 INDEX_ENV = "BACON_ZOO_INDEX"
 INDEX_FORMAT = 1
@@ -175,8 +176,8 @@ def entry_note(entry: dict) -> str:
         notes.append("BaCon term never engaged")
     if entry.get("twin_identical"):
         notes.append(f"BaCon term had no effect: scores exactly as {entry['twin_identical']}")
-    if entry.get("protocol", "v1") != "release-v2":
-        notes.append(f"earlier network (protocol {entry.get('protocol', 'v1')})")
+    if entry.get("protocol", LEGACY_PROTOCOL) != PROTOCOL:
+        notes.append(f"earlier network (protocol {entry.get('protocol', LEGACY_PROTOCOL)})")
     return "; ".join(notes)
 
 

@@ -317,6 +317,7 @@ __all__ = [
     "CONFIG",
     "DATA",
     "EXPORT",
+    "LEGACY_PROTOCOL",
     "METRICS",
     "PREDICTIONS",
     "PROTOCOL",
