@@ -176,45 +176,35 @@ def bank_block(d: dict[str, Any]) -> list[str]:
 
 
 def loader_block(d: dict[str, Any]) -> list[str]:
-    s = d["settings"]
-    out = header(d, "Data pipeline throughput")
-    cons = d.get("consumption", {})
+    s, same = d["settings"], d["same_views"]
+    out = header(d, "Data pipeline: batched views vs a per-image PIL loader")
     out += [
-        f"{s['data']}: {s['labeled']:,} labeled + {s['unlabeled']:,} unlabeled, B={s['batch_size']}, "
-        f"mu={s['mu']} ({s['images_per_step']} images/step: weak labeled + weak and strong "
-        f"unlabeled); workers = num_workers of each of the two loaders; median of "
-        f"{s['windows']} windows of {s['steps_per_window']} steps.",
+        f"{s['data']}: batches of {s['views_per_batched_call']} views, median of {s['windows']} "
+        f"windows; PIL on {s['pil_threads']} thread. Same views from the same draws: weak "
+        f"{same['weak']['identical_share']:.0%}, strong {same['strong']['identical_share']:.0%} of "
+        f"{same['images']} images byte-identical.",
         "",
-        "| workers per loader | images/s | x bf16 step consumption | start-up s |",
-        "|---|---|---|---|",
+        "| views/s | weak | strong |",
+        "|---|---|---|",
+        f"| per-image PIL | {d['pil']['weak']['views_per_s']:,.0f} | "
+        f"{d['pil']['strong']['views_per_s']:,.0f} |",
     ]
-    for r in d["results"]:
-        ratio = r.get("ratio_to_bf16_step")
-        out.append(
-            f"| {r['workers_per_loader']} | {r['images_per_s']:.0f} | "
-            f"{'-' if ratio is None else f'{ratio:.1f}x'} | {r['startup_s']} |"
-        )
-    out.append("")
-    for dtype in ("bf16", "fp32"):
-        c = cons.get(dtype)
-        if c:
-            out.append(
-                f"- {dtype} BaCon step (K={c['num_classes']}, B={c['batch_size']}, mu={c['mu']}): "
-                f"{fmt_ms(c['step_median_ms'])} ms -> consumes {c['images_per_s']:.1f} images/s "
-                f"(from {c['source']})"
-            )
-    v = d.get("view_costs")
-    if v:
-        out.append(
-            f"- one thread, per image: weak view {v['weak_us_per_image']:.0f} us, strong view "
-            f"{v['strong_us_per_image']:.0f} us"
-        )
-    p = d.get("profile")
-    if p:
-        shares = ", ".join(f"{k} {100 * x:.0f}%" for k, x in list(p["buckets_share"].items())[:7])
-        out.append(f"- where the time goes (cProfile, 0 workers): {shares}")
-    out.append("")
-    out += _targets(d)
+    for place, r in d["batched"].items():
+        for key, label in (
+            ("views", f"{s['torch_threads']} torch threads"),
+            ("views_1_thread", "1 thread"),
+        ):
+            if key in r:
+                w, st = r[key]["weak"]["views_per_s"], r[key]["strong"]["views_per_s"]
+                out.append(
+                    f"| batched on {r['data_device']} ({place}), {label} | {w:,.0f} | {st:,.0f} |"
+                )
+        if "step" in r:
+            out += [
+                "",
+                f"Training-step images/s with the batched views ({place}): "
+                f"{r['step']['images_per_s']:,.0f} (B={s['batch_size']}, mu={s['mu']}).",
+            ]
     return out
 
 
