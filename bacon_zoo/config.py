@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.resources
 import json
 import math
 import re
@@ -150,7 +151,19 @@ CHOICES = {
     "head_init": ("default", "family"),
     "data_device": ("auto", "cpu"),
 }
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def package_data(name: str) -> Path:
+    """A data folder shipped as the package `bacon_zoo.<name>`: pyproject maps the checkout's top-level
+    `<name>/` there, so an editable install and a wheel read the same files (importlib.resources).
+    A bare source tree on PYTHONPATH (no install) falls back to the folder beside the package."""
+    try:
+        return Path(str(importlib.resources.files(f"bacon_zoo.{name}")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / name
+
+
+RECIPES_DIR = package_data("recipes")
 # options that do not change the experiment: a resume with other values of these is the same run
 RUNTIME_KEYS = (
     "resume",

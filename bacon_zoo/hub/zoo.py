@@ -7,7 +7,13 @@ at `import bacon_zoo`: a zoo name (`wrn28_2.bacon_c10lt_n1500m3000g100_s0`) give
 timm's public `hf-hub:` path; timm's own registry is never modified. `pretrained_cfg_overlay(name)`
 gives the same through plain timm:
 `timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=overlay)`.
-`BACON_ZOO_INDEX` points at another index file (tests, private zoos).
+
+Where the index lives: the bundled one ships inside the package (`bacon_zoo.model_cards`, the checkout's
+`model_cards/`). From a source checkout `zoo add` writes there; an installed copy never writes into
+site-packages: it writes `$BACON_ZOO_HOME/model_cards/index.json` (default: the user data folder,
+`~/.local/share/bacon-zoo` on Linux, `$XDG_DATA_HOME` honoured), and the zoo it lists is the bundled
+entries plus those. `BACON_ZOO_INDEX` names one index file to read and write instead of both (tests,
+private zoos).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ from bacon_zoo.hub.names import (
 from bacon_zoo.run import LEGACY_PROTOCOL, PROTOCOL
 
 INDEX_ENV = "BACON_ZOO_INDEX"
+HOME_ENV = "BACON_ZOO_HOME"
 INDEX_FORMAT = 1
 NOTE = "top-1: best evaluation over training (the paper's convention); balanced, tail: at that evaluation."
 # pretrained_cfg keys copied from an export's config.json into an entry
@@ -49,14 +57,51 @@ _CFG_KEYS = (
 )
 
 
+def bundled_index() -> Path:
+    """The index shipped with the package (in a checkout: its `model_cards/index.json`)."""
+    from bacon_zoo.config import package_data
+
+    return package_data("model_cards") / "index.json"
+
+
+def _in_checkout(bundled: Path) -> bool:
+    """The cards folder sits beside the package (a source checkout), not inside it (an installed copy)."""
+    return bundled.resolve().parent.parent != Path(__file__).resolve().parents[1]
+
+
+def user_home() -> Path:
+    """`$BACON_ZOO_HOME`, else the platform's per-user data folder + `bacon-zoo`."""
+    if env := os.environ.get(HOME_ENV):
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "bacon-zoo"
+
+
 def index_path() -> Path:
-    """`$BACON_ZOO_INDEX`, else `model_cards/index.json` of the source checkout."""
-    env = os.environ.get(INDEX_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "model_cards" / "index.json"
+    """The index `zoo add` writes: `$BACON_ZOO_INDEX`; else the checkout's `model_cards/index.json`
+    when running from one; else `user_home()/model_cards/index.json` (never site-packages)."""
+    if env := os.environ.get(INDEX_ENV):
+        return Path(env)
+    bundled = bundled_index()
+    return bundled if _in_checkout(bundled) else user_home() / "model_cards" / "index.json"
 
 
 def load_index(path: Path | None = None) -> dict:
-    path = path or index_path()
+    """One index file (`path`), or with no path the zoo as listed: the bundled entries plus the
+    user's (`index_path()`; the user's entry wins a name), or only `$BACON_ZOO_INDEX` when set."""
+    if path is None:
+        own = index_path()
+        bundled = bundled_index()
+        if os.environ.get(INDEX_ENV) or own == bundled:
+            return load_index(own)
+        merged = {e["name"]: e for e in load_index(bundled)["models"] if "name" in e}
+        merged |= {e["name"]: e for e in load_index(own)["models"] if "name" in e}
+        return {"format": INDEX_FORMAT, "models": sorted(merged.values(), key=lambda e: e["name"])}
     if not path.is_file():
         return {"format": INDEX_FORMAT, "models": []}
     try:
@@ -83,7 +128,7 @@ def hub_id_of(name: str, path: Path | None = None) -> str:
     entry = find(name, path)
     if entry is None:
         raise UserError(
-            f"'{name}' is not in the zoo ({path or index_path()}; see `bacon-zoo zoo`); give an "
+            f"'{name}' is not in the zoo ({path or 'see `bacon-zoo zoo`'}); give an "
             "export folder, local-dir:PATH or hf-hub:ORG/NAME"
         )
     if not entry.get("hub_id"):

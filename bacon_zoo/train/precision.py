@@ -1,8 +1,11 @@
 """Which numeric precision a run trains in, decided once from the device (and never silently wrong).
 
-`auto` picks bf16 where the hardware runs it natively (CUDA GPUs with bf16, CPUs with AVX-512-BF16 or
-AMX) and fp32 elsewhere: on an AVX2-only CPU, bf16 convolutions fall back to a reference kernel about
-50x slower than fp32. fp16 autocast is refused on CPUs rather than silently run in fp32.
+`auto` takes the launcher's precision under `accelerate launch` (its `--mixed_precision` or config
+file, `no` included: accelerate passes it as ACCELERATE_MIXED_PRECISION, and says `no` when neither
+names one, so a user who configured fp32 gets fp32). Run without a launcher, `auto` picks bf16 where the
+hardware runs it natively (CUDA GPUs with bf16, CPUs with AVX-512-BF16 or AMX) and fp32 elsewhere: on an
+AVX2-only CPU, bf16 convolutions fall back to a reference kernel about 50x slower than fp32. fp16
+autocast is refused on CPUs rather than silently run in fp32.
 """
 
 from __future__ import annotations
@@ -33,28 +36,27 @@ def device_supports_bf16(device: torch.device) -> bool:
 def resolve_precision(requested: str | None, device: torch.device) -> tuple[str, str]:
     """(accelerate's mixed_precision value, a one-line reason) for a requested precision.
 
-    `None` defers to `accelerate launch --mixed_precision` (ACCELERATE_MIXED_PRECISION); `auto` honours
-    a launcher's explicit fp16/bf16 too, and otherwise picks from the hardware.
+    `None` defers to `accelerate launch --mixed_precision` (ACCELERATE_MIXED_PRECISION), fp32 without
+    a launcher; `auto` takes the launcher's value too (`no` included), and without one picks from the
+    hardware. An explicit no/bf16/fp16 wins over the launcher.
     """
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() or None
-    if requested is None:
-        requested = launcher or "no"
+    by = "requested"
+    if requested is None or (requested == "auto" and launcher is not None):
+        requested, by = launcher or "no", "from accelerate launch" if launcher else "requested"
     if requested == "auto":
-        if launcher in ("fp16", "bf16"):
-            requested = launcher
-        elif device_supports_bf16(device):
+        if device_supports_bf16(device):
             return "bf16", f"auto: {device_name(device)} runs bf16 natively"
-        else:
-            return "no", f"auto: fp32, {device_name(device)} has no native bf16"
+        return "no", f"auto: fp32, {device_name(device)} has no native bf16"
     if requested == "fp16" and device.type == "cpu":
         raise UserError(
             "fp16 autocast does not run on a CPU (it would silently train in fp32); use "
             "--mixed-precision bf16, auto or no"
         )
     if requested == "bf16" and not device_supports_bf16(device):
-        note = "bf16 requested (not native here: expect it to be much slower than fp32)"
+        note = f"bf16 {by} (not native here: expect it to be much slower than fp32)"
         return "bf16", note
-    return requested, f"{requested} requested"
+    return requested, f"{'fp32' if requested == 'no' else requested} {by}"
 
 
 def device_name(device: torch.device) -> str:
