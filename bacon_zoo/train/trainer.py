@@ -252,6 +252,19 @@ def _check_tracker(log_with: str) -> None:
         )
 
 
+def tracker_config(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """The config as trackers take it: dotted keys (`bacon.tau0`), scalar values, None and lists as
+    text (TensorBoard's hparams refuse nested dicts and None; wandb, mlflow, comet take the same)."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat |= tracker_config(value, f"{prefix}{key}.")
+        else:
+            ok = isinstance(value, (bool, int, float, str))
+            flat[prefix + key] = value if ok else str(value)
+    return flat
+
+
 def _check_backbone_runs(model: BaconNet, cfg: TrainConfig) -> None:
     """One dummy forward at the run's image size, so a backbone/size mismatch fails before the data
     is touched, in one line saying which sizes the backbone takes."""
@@ -484,7 +497,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if accelerator.is_main_process:  # drop evaluations newer than the checkpoint we resumed from
         run.rewrite_metrics(history)
     if cfg.log_with != "none":
-        accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.to_dict())))
+        accelerator.init_trackers(run.name, config=tracker_config(cfg.to_dict()))
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     accelerator.print(
         f"{cfg.algorithm} | {cfg.backbone} ({n_params / 1e6:.2f}M params) | {cfg.dataset}: "
