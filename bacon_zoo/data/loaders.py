@@ -25,7 +25,7 @@ from torch import Tensor
 
 from bacon_zoo.data.augment import RandAugmentParams, apply_params, draw_params
 from bacon_zoo.data.sources import ImageSet
-from bacon_zoo.data.views import crop_flip, crop_padding, draw_crop_flip, normalize
+from bacon_zoo.data.views import crop_flip, crop_padding, draw_crop_flip, normalize, resize
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
 # what a per-step generator seed is for (the last entry of its seed sequence)
@@ -130,7 +130,9 @@ class TrainStream:
         start_step: int = 0,
         device: torch.device | str = "cpu",
         data_device: torch.device | str | None = None,
+        input_size: int | None = None,
     ) -> None:
+        self.input_size = input_size  # views are resized to it on `device` (None: the data's size)
         self.sampler = StreamBatchSampler(
             len(images), batch_size, seed, stream, rank, world_size, start_step
         )
@@ -176,7 +178,7 @@ class TrainStream:
                 x = self._rand_augment(step, self._crop_flip(step, _STRONG_CROP, idx))
             else:
                 raise ValueError(f"unknown view '{view}' (weak | strong)")
-            out[key] = normalize(_to(x, self.device), self.mean, self.std)
+            out[key] = resize(normalize(_to(x, self.device), self.mean, self.std), self.input_size)
         return out
 
     def __iter__(self) -> TrainStream:
@@ -201,17 +203,19 @@ def make_train_loaders(
     start_step: int = 0,
     device: torch.device | str = "cpu",
     data_device: torch.device | str | None = None,
+    input_size: int | None = None,
 ) -> tuple[TrainStream, TrainStream]:
     """Endless labeled {"x", "y", "idx"} and unlabeled {"x_w", "x_s", "y", "idx"} streams.
 
     Per rank and step: `batch_size` labeled weak views, `mu * batch_size` unlabeled weak + strong views;
     x float32 [n, 3, H, W] normalised with (mean, std), y / idx int64 [n], all on `device`. The uint8
     images are held and augmented on `data_device` (default `device`; "cpu" for sets that do not fit).
-    `start_step=s` makes the first batch equal to batch s of a fresh stream.
+    `start_step=s` makes the first batch equal to batch s of a fresh stream. `input_size` resizes the
+    views on `device` (the network's input size, when it differs from the images').
     """
     common = dict(
         mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, start_step=start_step,
-        device=device, data_device=data_device,
+        device=device, data_device=data_device, input_size=input_size,
     )  # fmt: skip
     lab = TrainStream(labeled, batch_size, {"x": "weak"}, stream=LABELED_STREAM, **common)
     unl = TrainStream(
@@ -268,8 +272,10 @@ class EvalLoader:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        input_size: int | None = None,
     ) -> None:
         self.device, self.mean, self.std = _device(device), tuple(mean), tuple(std)
+        self.input_size = input_size
         pos = eval_positions(len(images), batch_size, rank, world_size)
         self.sizes = _batch_sizes(len(images), batch_size, world_size)
         take = np.maximum(pos, 0)
@@ -285,7 +291,7 @@ class EvalLoader:
         start = 0
         for n in self.sizes:
             sl = slice(start, start + n)
-            x = normalize(self.images[sl], self.mean, self.std)
+            x = resize(normalize(self.images[sl], self.mean, self.std), self.input_size)
             yield {"x": x, "y": self.labels[sl], "idx": self.idx[sl]}
             start += n
 
@@ -306,10 +312,11 @@ def make_eval_loader(
     device: torch.device | str = "cpu",
     rank: int = 0,
     world_size: int = 1,
+    input_size: int | None = None,
 ) -> EvalLoader:
     """This rank's shard of `images` as {"x" float32, "y" int64, "idx" int64} batches on `device`.
 
     Layout (which positions, in which order, padding): `eval_positions`. With world_size 1 the batches
     are simply positions [0, B), [B, 2B), ...
     """
-    return EvalLoader(images, batch_size, mean, std, device, rank, world_size)
+    return EvalLoader(images, batch_size, mean, std, device, rank, world_size, input_size)

@@ -3,7 +3,8 @@
 weak   = reflect-pad by `crop_padding(size)` (4 px at 32), random crop back to size, random horizontal flip
 strong = the same kind of crop/flip (its own draws), then `augment.rand_augment` (RandAugment + Cutout)
 eval   = nothing
-Every view ends with `normalize` (float32). Crop and flip are one gather from the unpadded uint8 images:
+Every view ends with `normalize` (float32) and, when the network takes another size than the data
+(`--input-size`, e.g. 32-px CIFAR into a backbone pretrained at 224 px), `resize` on the same device. Crop and flip are one gather from the unpadded uint8 images:
 padded coordinate u maps to source pixel reflect(u - pad), which is exactly reflect padding (no padded
 copy of the data set is kept). Random draws come only from the generator passed in.
 """
@@ -14,7 +15,11 @@ import functools
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+# how views are resized to the network's input size (also written into the export's pretrained_cfg)
+RESIZE_INTERPOLATION = "bilinear"
 
 
 def crop_padding(size: int) -> int:
@@ -34,6 +39,14 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 [N, 3, H, W] (0..255) -> float32 (x / 255 - mean) / std, on x's device."""
     shift, scale = _affine(tuple(map(float, mean)), tuple(map(float, std)), x.device)
     return torch.addcmul(shift, x.float(), scale)
+
+
+def resize(x: Tensor, size: int | None) -> Tensor:
+    """Float views [N, C, H, W] -> [N, C, size, size] (bilinear, on x's device); `None` or the same
+    size is a no-op. After `normalize`, which is affine, so the order of the two does not matter."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode=RESIZE_INTERPOLATION, align_corners=False)
 
 
 def _reflect(u: Tensor, n: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""`bacon-zoo export | import-usb | push | pull | predict | zoo`: the Hub side of the zoo.
+"""`bacon-zoo export | import-usb | import-weights | push | pull | predict | zoo`: the Hub side of the zoo.
 
 Each command imports torch / timm / huggingface_hub inside its function, so `bacon-zoo --help` stays fast.
 """
@@ -6,6 +6,8 @@ Each command imports torch / timm / huggingface_hub inside its function, so `bac
 from __future__ import annotations
 
 import argparse
+
+from bacon_zoo.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +58,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="replace a changed DIR (moved to DIR.old-N)"
     )
     p.set_defaults(func=run_import_usb)
+
+    p = subparsers.add_parser(
+        "import-weights",
+        help="turn a foreign checkpoint (same tensors, same order as a timm model) into a timm folder",
+        description="Pairs the checkpoint's tensors with timm ARCH's state dict by position, checks "
+        "every shape (the first mismatch is refused), and writes model.safetensors + config.json: "
+        "use it as --backbone local-dir:DIR --pretrained or --pretrained-file DIR/model.safetensors.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help=".pth / .pt / .bin / .safetensors file")
+    p.add_argument("--arch", required=True, help="timm architecture, e.g. tf_efficientnet_lite0")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    p.add_argument("--key", help="the state dict's entry in the checkpoint dict, if nested")
+    p.add_argument("--mean", metavar="R,G,B", help="input mean of the weights (default: ARCH's)")
+    p.add_argument("--std", metavar="R,G,B", help="input std of the weights (default: ARCH's)")
+    p.add_argument("--source", help="where the weights come from (recorded in the config)")
+    p.add_argument(
+        "--force", action="store_true", help="replace a changed DIR (moved to DIR.old-N)"
+    )
+    p.set_defaults(func=run_import_weights)
 
     p = subparsers.add_parser(
         "push",
@@ -133,6 +154,30 @@ def run_import_usb(args: argparse.Namespace) -> int:
         class_names=names,
         force=args.force,
     )
+    print(out)
+    return 0
+
+
+def _triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise UserError(f"{flag} '{text}' must be three numbers R,G,B, e.g. 0.5,0.5,0.5")
+    return values  # type: ignore[return-value]
+
+
+def run_import_weights(args: argparse.Namespace) -> int:
+    from bacon_zoo.hub.import_weights import import_weights
+
+    out = import_weights(
+        args.checkpoint, args.arch, args.out, key=args.key,
+        mean=_triple(args.mean, "--mean"), std=_triple(args.std, "--std"),
+        source=args.source, force=args.force,
+    )  # fmt: skip
     print(out)
     return 0
 

@@ -316,7 +316,7 @@ def export_run(
                 "mean": tuple(data["mean"]),
                 "std": tuple(data["std"]),
                 "crop_pct": 1.0,  # the trainer resizes (center-fit) to image_size, no crop border
-                "interpolation": "bicubic",
+                "interpolation": data.get("interpolation", "bicubic"),
             },
             description=f"{cfg.algorithm} on a long-tailed split of {cfg.dataset}, EMA model, "
             f"{head} head (bacon-zoo)",

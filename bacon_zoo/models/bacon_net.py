@@ -48,6 +48,7 @@ class BaconNet(nn.Module):
         num_classes: K.
         proj_dim: d, the projection size (16 in the latest release, 32 in the first).
         pretrained: load the backbone's pretrained weights (names only).
+        pretrained_file: load them from this local file instead (timm's `pretrained_cfg_overlay`).
         backbone_kwargs: passed to `timm.create_model` (names only), e.g. {"drop_path_rate": 0.1}.
         head_init: "default": the ABC head and the projection keep PyTorch's `nn.Linear` init, as in the
             release; "family": they get the backbone family's classifier init (xavier for WRNs, trunc
@@ -63,6 +64,7 @@ class BaconNet(nn.Module):
         pretrained: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
         head_init: str = "default",
+        pretrained_file: str | None = None,
     ) -> None:
         super().__init__()
         if head_init not in HEAD_INITS:
@@ -79,10 +81,10 @@ class BaconNet(nn.Module):
         if isinstance(backbone, str):
             name = backbone
             backbone = create_backbone(
-                name, pretrained=pretrained, num_classes=0, **backbone_kwargs
+                name, pretrained, pretrained_file, num_classes=0, **backbone_kwargs
             )
         else:
-            if pretrained or backbone_kwargs:
+            if pretrained or pretrained_file or backbone_kwargs:
                 raise ValueError("pretrained and backbone_kwargs apply to a backbone given by name")
             if not hasattr(backbone, "reset_classifier"):
                 raise UserError(
@@ -143,6 +145,7 @@ class BaconNet(nn.Module):
         """
         linear = self.head_for(head)
         cfg = dict(getattr(self.backbone, "pretrained_cfg", {}))
+        cfg.pop("file", None)  # a local --pretrained-file path is not part of what we publish
         arch = cfg.get("architecture")
         if not arch or not timm.is_model(arch):
             raise UserError(

@@ -6,6 +6,7 @@ names, missing weights get one line instead of a Hub traceback.
 """
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -77,21 +78,52 @@ def _hub_error(name: str, err: OSError) -> UserError:
     return UserError(f"could not load {what.rsplit(' ', 1)[0]}: {first_line}{fix}")
 
 
-def create_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def _check_file(path: str) -> str:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(
+            f"--pretrained-file {path}: no such file; give a .safetensors / .pth of the backbone "
+            "(`bacon-zoo import-weights` converts a foreign checkpoint; `make weights` writes the "
+            "EfficientNet-Lite0 one)"
+        )
+    return str(p)
+
+
+def create_backbone(
+    name: str, pretrained: bool = False, pretrained_file: str | None = None, **kwargs: Any
+) -> nn.Module:
     """`timm.create_model(name, pretrained, **kwargs)` with one-line errors for user mistakes.
 
     `name` is one of `list_backbones()`, any timm name (with an optional `.tag`), or an `hf-hub:` /
     `local-dir:` model. kwargs go to the model constructor (the trainer's `--backbone-kwargs`);
-    `num_classes=0` gives pooled features.
+    `num_classes=0` gives pooled features. `pretrained_file` loads the weights from a local file
+    through timm (`pretrained_cfg_overlay=dict(file=...)`: timm drops a classifier of another size),
+    so nothing is downloaded.
     """
     try:
         source, _ = parse_model_name(name)
     except ValueError as e:
         raise UserError(f"bad backbone name: {e}") from e
+    if pretrained_file is not None:
+        if source is not None:
+            raise UserError(
+                f"--pretrained-file takes a timm architecture name, not '{name}'; a local-dir: "
+                "folder already holds its weights (use --pretrained)"
+            )
+        kwargs["pretrained_cfg_overlay"] = dict(file=_check_file(pretrained_file))
+        pretrained = True
     if source is None:
-        _check_name(name, pretrained)
+        _check_name(name, pretrained and pretrained_file is None)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if pretrained_file is None or "size mismatch" not in str(e) and "Missing key" not in str(e):
+            raise
+        first = (str(e).strip().splitlines() or ["?"])[-1].strip()
+        raise UserError(
+            f"--pretrained-file {pretrained_file} does not fit '{name}' ({first}); convert it with "
+            "`bacon-zoo import-weights`"
+        ) from None
     except OSError as e:
         if source is None and not pretrained:
             raise

@@ -279,6 +279,7 @@ def build_model(cfg: TrainConfig, num_classes: int, for_training: bool = True) -
         pretrained=cfg.pretrained and for_training,
         backbone_kwargs=cfg.backbone_kwargs,
         head_init=cfg.head_init,
+        pretrained_file=cfg.pretrained_file if for_training else None,
     )
     if for_training and cfg.bn_momentum is not None:  # short budgets: WRN's 0.001 is too slow
         for m in model.modules():

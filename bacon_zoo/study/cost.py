@@ -149,6 +149,7 @@ def _cost_factor(backbone: str, image_size: int, kwargs_json: str) -> CostFactor
     with torch.device("meta"):
         model = create_backbone(backbone, pretrained=False, **kwargs)
         params = sum(p.numel() for p in model.parameters())
+        model.eval()  # batch 1: BatchNorm in training mode refuses a 1x1 feature map
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.empty(1, 3, image_size, image_size))
     return CostFactor(backbone, image_size, float(counter.get_total_flops()), int(params))
@@ -180,7 +181,7 @@ def check_backbones(cfgs: Iterable[TrainConfig]) -> list[str]:
             continue
         seen.add(key)
         try:
-            cost_factor(cfg.backbone, cfg.image_size, cfg.backbone_kwargs)
+            cost_factor(cfg.backbone, cfg.input_size or cfg.image_size, cfg.backbone_kwargs)
         except UserError as e:
             errors.append(str(e))
             continue
@@ -263,7 +264,7 @@ def estimate_cell(
     reference = reference or pick_reference(measured)
     images = cell_images(cfg)
     try:
-        factor = cost_factor(cfg.backbone, cfg.image_size, cfg.backbone_kwargs)
+        factor = cost_factor(cfg.backbone, cfg.input_size or cfg.image_size, cfg.backbone_kwargs)
         work = images * factor.flops
     except UserError:
         factor, work = None, math.nan

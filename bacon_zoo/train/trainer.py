@@ -30,13 +30,13 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch import Tensor
 
 from bacon_zoo.algorithms import Algorithm, create_algorithm
 from bacon_zoo.config import TrainConfig, config_diff
 from bacon_zoo.data import SSLData, make_eval_loader, make_train_loaders, prepare_data
+from bacon_zoo.data.views import RESIZE_INTERPOLATION
 from bacon_zoo.errors import UserError
 from bacon_zoo.fileio import check_writable_dir
 from bacon_zoo.models import BaconNet
@@ -44,6 +44,7 @@ from bacon_zoo.run import RunDir, build_model, summary_record
 from bacon_zoo.run.checkpoint import CUSTOM_OBJECTS, TrainState, find_resume_dir, save_checkpoint
 from bacon_zoo.train.diagnostics import TrainingDiagnostics
 from bacon_zoo.train.evaluate import evaluate
+from bacon_zoo.train.optim import check_optimizer, lr_lambda, make_optimizer
 from bacon_zoo.train.precision import device_name, resolve_precision
 
 logger = get_logger("bacon_zoo")
@@ -72,49 +73,44 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{name}_{cfg.algorithm}_{cfg.backbone}_seed{cfg.seed}"
 
 
-def data_card(data: SSLData, cfg: TrainConfig) -> dict:
-    """What export and analysis need to know about the data without reloading it."""
-    return {
+def input_norm(cfg: TrainConfig, model: BaconNet, data: SSLData) -> tuple[tuple, tuple]:
+    """The (mean, std) the views are normalised with: the backbone's pretrained config when it starts
+    from pretrained weights (so fine-tuning sees what pre-training saw), else the data set's."""
+    pretrained = cfg.pretrained or cfg.pretrained_file is not None
+    use_backbone = cfg.normalize == "backbone" or (cfg.normalize == "auto" and pretrained)
+    pcfg = model.pretrained_cfg
+    if use_backbone and "mean" in pcfg and "std" in pcfg:
+        return tuple(map(float, pcfg["mean"])), tuple(map(float, pcfg["std"]))
+    if cfg.normalize == "backbone":
+        raise UserError(
+            f"--normalize backbone: '{cfg.backbone}' has no mean/std in its pretrained_cfg; "
+            "use --normalize data"
+        )
+    return tuple(map(float, data.mean)), tuple(map(float, data.std))
+
+
+def input_size(cfg: TrainConfig) -> int:
+    """The network's input size: `--input-size`, or the data's `--image-size`."""
+    return cfg.input_size or cfg.image_size
+
+
+def data_card(data: SSLData, cfg: TrainConfig, mean: tuple, std: tuple) -> dict:
+    """What export and analysis need to know about the data without reloading it. `image_size`,
+    `mean` and `std` are what the network sees (they become the export's pretrained_cfg)."""
+    card = {
         "dataset": cfg.dataset,
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),
-        "mean": list(map(float, data.mean)),
-        "std": list(map(float, data.std)),
-        "image_size": cfg.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "image_size": input_size(cfg),
         "labeled_counts": list(map(int, data.labeled_counts)),
         "unlabeled_counts": list(map(int, data.split.unlabeled_counts)),
         "num_test": int(len(data.test.labels)),
     }
-
-
-def lr_lambda(cfg: TrainConfig):
-    """Per-step LR factor: linear warm-up, then constant or FixMatch's cosine (cos(7*pi*t / 16T))."""
-
-    def fn(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "cosine":
-            return math.cos(7.0 * math.pi * step / (16.0 * cfg.steps))
-        return 1.0
-
-    return fn
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with the release's two groups: no weight decay on parameters with ndim <= 1 or a `.bias`
-    name (timm's `param_groups_weight_decay`, the helper USB copies); `weight_decay_all` decays all."""
-    params = (
-        model.parameters()
-        if cfg.weight_decay_all
-        else param_groups_weight_decay(model, cfg.weight_decay)
-    )
-    return torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
+    if cfg.input_size not in (None, cfg.image_size):  # resized on the device from the data's size
+        card |= {"data_image_size": cfg.image_size, "interpolation": RESIZE_INTERPOLATION}
+    return card
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,16 +264,17 @@ def tracker_config(config: dict, prefix: str = "") -> dict[str, bool | int | flo
 def _check_backbone_runs(model: BaconNet, cfg: TrainConfig) -> None:
     """One dummy forward at the run's image size, so a backbone/size mismatch fails before the data
     is touched, in one line saying which sizes the backbone takes."""
-    x = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+    size = input_size(cfg)
+    x = torch.zeros(2, 3, size, size)
     try:
         with torch.no_grad():
             model.eval()(x)
     except Exception as e:  # timm asserts, conv kernel larger than the input, ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        size = model.pretrained_cfg.get("input_size", (3, "?", "?"))[-1]
+        built = model.pretrained_cfg.get("input_size", (3, "?", "?"))[-1]
         raise UserError(
-            f"backbone '{cfg.backbone}' does not run at image size {cfg.image_size} ({reason}); it is "
-            f"built for {size}x{size} inputs: set --image-size {size} or choose another backbone"
+            f"backbone '{cfg.backbone}' does not run at input size {size} ({reason}); it is built "
+            f"for {built}x{built} inputs: set --input-size {built} or choose another backbone"
         ) from None
     finally:
         model.train()
@@ -397,6 +394,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     run = RunDir(cfg.output_dir or default_run_dir(cfg))
     check_writable_dir(run.path, "--output-dir")
     _check_tracker(cfg.log_with)
+    check_optimizer(cfg.opt)
     resume_dir = _resume_point(cfg, run)
     resume_step = int(resume_dir.name.split("_")[-1]) if resume_dir is not None else 0
     done = run.read_summary() if resume_step == cfg.steps else None
@@ -416,6 +414,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     data = prepare_data(cfg, split_path=run.split_path if run.split_path.is_file() else None)
     model = build_model(cfg, data.num_classes)
     _check_backbone_runs(model, cfg)
+    mean, std = input_norm(cfg, model, data)
 
     accelerator = Accelerator(
         cpu=cfg.cpu,
@@ -435,7 +434,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         run.write_config(cfg, "fp32" if precision == "no" else precision)
         if not run.split_path.is_file():
             data.split.to_json(run.split_path)
-        run.write_data(data_card(data, cfg))
+        run.write_data(data_card(data, cfg, mean, std))
     accelerator.wait_for_everyone()
 
     # ---- algorithm, diagnostics, optimiser, EMA
@@ -483,14 +482,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     # ---- data streams on the device; batch i depends only on (seed, i, rank, world size)
     data_device = "cpu" if cfg.data_device == "cpu" else accelerator.device
     lb_stream, ulb_stream = make_train_loaders(
-        data.labeled, data.unlabeled, cfg.batch_size, cfg.mu, data.mean, data.std,
+        data.labeled, data.unlabeled, cfg.batch_size, cfg.mu, mean, std,
         seed=cfg.seed, rank=rank, world_size=world, start_step=start,
-        device=accelerator.device, data_device=data_device,
+        device=accelerator.device, data_device=data_device, input_size=input_size(cfg),
     )  # fmt: skip
     lb_iter, ulb_iter = iter(lb_stream), iter(ulb_stream)
     eval_batches = make_eval_loader(
-        data.test, cfg.eval_batch_size, data.mean, data.std,
-        device=accelerator.device, rank=rank, world_size=world,
+        data.test, cfg.eval_batch_size, mean, std,
+        device=accelerator.device, rank=rank, world_size=world, input_size=input_size(cfg),
     )  # fmt: skip
 
     history = run.read_metrics(up_to_step=start)
