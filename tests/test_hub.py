@@ -247,11 +247,12 @@ def test_card_parses_back_with_the_run_numbers(exported):
     card = ModelCard.load(out / "README.md")
     results = card.data.eval_results
     recipe = {"n1": 20, "m1": 40, "imb_ratio_l": 10.0, "imb_ratio_u": 10.0}
-    assert (
-        {r.dataset_config for r in results}
-        == {setting_string(recipe)}
-        == {"N1=20,M1=40,gamma_l=10,gamma_u=10"}
-    )
+    # the Hub's fields: a data set id, a split name, its config (none for CIFAR-10), no revision
+    # pinned; the long-tailed setting is the card's own metadata
+    assert {(r.dataset_type, r.dataset_split, r.dataset_config, r.dataset_revision)
+            for r in results} == {("uoft-cs/cifar10", "test", None, None)}  # fmt: skip
+    setting = "N1=20,M1=40,gamma_l=10,gamma_u=10"
+    assert meta["long_tail_setting"] == setting_string(recipe) == setting
     assert {r.task_type for r in results} == {"image-classification"}
     got = card_metrics(out / "README.md")
     assert got == {(w, k): summary[w][k] for w in ("best", "last") for k in METRICS}
@@ -261,8 +262,37 @@ def test_card_parses_back_with_the_run_numbers(exported):
                    "per_class_accuracy.png", "| frog | 2 | 4 |", "20 steps x 4 labeled + 8 unlabeled",
                    f"hf-hub:<org>/{NAME}", "`steps`: 20 (release: 300000)",
                    "Training protocol: `release-v2`", "trained in precision `fp32`",
-                   "import bacon_zoo", "is a bacon-zoo architecture"):  # fmt: skip
+                   "import bacon_zoo", "is a bacon-zoo architecture",
+                   # timm's own validate.py, with bacon_zoo imported first, on the test split
+                   "runpy.run_path('validate.py', run_name='__main__')",
+                   "--dataset hfds/uoft-cs/cifar10 --split test --input-key img --target-key label"):  # fmt: skip
         assert needle in text, needle
+
+
+REVISION = "0b2714987fa478483af9968de7c934580d0bb9a2"
+
+
+def test_card_of_local_data_has_no_path_and_records_the_revision(exported, tmp_path):
+    from bacon_zoo.hub.card import build_card
+
+    local, pinned = tmp_path / "local", tmp_path / "pinned"
+    for folder, dataset, revision in ((local, str(tmp_path / "data" / "my_set"), None),
+                                      (pinned, "cifar10", REVISION)):  # fmt: skip
+        shutil.copytree(exported["out"], folder)
+        recipe = (folder / "recipe.yaml").read_text()
+        assert "dataset: cifar10\n" in recipe and "dataset_revision: null\n" in recipe
+        recipe = recipe.replace("dataset: cifar10\n", f"dataset: {dataset}\n")
+        recipe = recipe.replace("dataset_revision: null", f"dataset_revision: {revision or 'null'}")
+        (folder / "recipe.yaml").write_text(recipe)
+        build_card(folder).save(folder / "README.md")
+    text = (local / "README.md").read_text()
+    assert str(tmp_path) not in text and "`my_set`" in text
+    assert "--data-dir PATH/TO/IMAGES --split test" in text  # no Hub copy for timm's reader
+    (r, *_) = ModelCard.load(local / "README.md").data.eval_results
+    assert (r.dataset_type, r.dataset_split, r.dataset_revision) == ("my_set", "test", None)
+    card = ModelCard.load(pinned / "README.md")
+    assert {r.dataset_revision for r in card.data.eval_results} == {REVISION}
+    assert f"revision `{REVISION}`" in card.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,3 +654,45 @@ def test_import_bacon_zoo_only_registers_models(tmp_path):
     """
     proc = _run_py(code, _hub_env(tmp_path, BACON_ZOO_INDEX=str(tmp_path / "index.json")))
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_card_lists_this_runs_departures_from_the_release(exported, tmp_path):
+    """bf16, BatchNorm not synchronised over several processes, a FixMatch baseline's constant LR."""
+    from bacon_zoo.hub.card import build_card
+
+    out = tmp_path / "export"
+    shutil.copytree(exported["out"], out)
+    summary = json.loads((out / "summary.json").read_text())
+    summary |= {"precision": "bf16", "num_processes": 2, "device": "cpu: some CPU"}
+    (out / "summary.json").write_text(json.dumps(summary))
+    recipe = (out / "recipe.yaml").read_text().replace("algorithm: bacon", "algorithm: fixmatch")
+    (out / "recipe.yaml").write_text(recipe.replace("sync_bn: false", "sync_bn: true"))
+    text = build_card(out).text
+    assert "precision bf16 (release: fp32)" in text
+    assert "per-process BatchNorm over 2 processes (release: SyncBatchNorm across GPUs)" in text
+    assert "This FixMatch baseline uses the release's BaCon protocol (constant learning rate)" in text
+    assert "docs/differences.md" in text
+    text = build_card(exported["out"]).text  # fp32, one process, BaCon: none of them
+    assert "release: fp32" not in text and "per-process BatchNorm" not in text
+    assert "FixMatch baseline" not in text
+
+
+def test_readme_load_pretrained_snippet_runs_as_written(exported, tmp_path):
+    """`import bacon_zoo` then `bacon_zoo.hub.load_pretrained(...)`, as the README writes it, in a fresh
+    interpreter: only the hub id becomes a local export (offline)."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    block = next(b.split("```")[0] for b in blocks if "bacon_zoo.hub.load_pretrained(" in b)
+    lines = [
+        line
+        for line in block.splitlines()
+        if line.startswith("import bacon_zoo")
+        or ("bacon_zoo.hub.load_pretrained(" in line and "hf-hub:ORG/NAME" in line)
+    ]
+    assert lines[0].startswith("import bacon_zoo") and len(lines) >= 2, block
+    code = "\n".join(lines).replace("hf-hub:ORG/NAME", f"local-dir:{exported['out']}")
+    code += "\nprint('OK', type(model).__name__, tuple(data_cfg['input_size']))"
+    env = _hub_env(tmp_path, HF_HUB_OFFLINE="1") | {"PYTHONPATH": ""}
+    proc = _run_py(code, env)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+    assert f"(3, {SIZE}, {SIZE})" in proc.stdout

@@ -85,6 +85,11 @@ DIFFERENCES = (
     "epoch/epochs.",
     "Class centers are kept as per-class sums and counts, updated only for the slots a step "
     "changes: the same centers as recomputing from the whole bank, in O(batch x d).",
+    "Normalisation: each data set's own mean/std (the release uses ImageNet's for CIFAR-10, a constant "
+    "affine change of the input).",
+    "The split, data order, views and ABC masks are drawn by bacon-zoo's seeded generators: the "
+    "release's distributions, not its draws.",
+    "The complete list, with what each difference can change: docs/differences.md in bacon-zoo.",
 )
 
 
@@ -116,6 +121,18 @@ def dataset_hub_id(dataset: str) -> str | None:
     return None
 
 
+def dataset_ref(dataset: str) -> str:
+    """How a card names the data: its Hub id, else the preset's or the local folder's name (never a
+    local path: it means nothing to a reader and leaks the trainer's file system)."""
+    return dataset_hub_id(dataset) or dataset_slug(dataset)
+
+
+def _preset(dataset: str) -> Any:
+    from bacon_zoo.data.sources import PRESETS
+
+    return PRESETS.get(dataset.lower())
+
+
 def dataset_title(dataset: str) -> str:
     slug = dataset_slug(dataset)
     return DATASET_TITLES.get(slug, slug)
@@ -130,18 +147,23 @@ def precision_of(summary: dict) -> str:
     return str(summary.get("precision") or summary.get("mixed_precision") or "n/a")
 
 
-def eval_results(summary: dict, recipe: dict, num_test: int | None) -> list[EvalResult]:
-    """model-index entries: best evaluation (the paper's convention) and last (the exported weights)."""
+def eval_results(summary: dict, recipe: dict) -> list[EvalResult]:
+    """model-index entries: best evaluation (the paper's convention) and last (the exported weights),
+    on the test split (held out of train for a data set without one, such as digits)."""
     from huggingface_hub import EvalResult
 
     dataset = recipe["dataset"]
+    preset = _preset(dataset)
     common = dict(
         task_type="image-classification",
         task_name="Class-imbalanced semi-supervised image classification",
-        dataset_type=dataset_hub_id(dataset) or dataset,
+        dataset_type=dataset_ref(dataset),
         dataset_name=f"{dataset_title(dataset)}-LT ({setting_string(recipe)})",
-        dataset_config=setting_string(recipe),
-        dataset_split="test" if num_test is None else f"test ({num_test} images)",
+        # the Hub's data-set config (SVHN's cropped_digits), not the long-tailed setting: that is
+        # the card's `long_tail_setting` and its text
+        dataset_config=getattr(preset, "config", None),
+        dataset_split="test",
+        dataset_revision=recipe.get("dataset_revision") or None,
     )
     out = []
     for which in ("best", "last"):
@@ -303,6 +325,21 @@ def _protocol_diff(recipe: dict) -> list[str]:
     return lines
 
 
+def _runtime_diff(recipe: dict, summary: dict) -> list[str]:
+    """The release trains in fp32 and with SyncBatchNorm across GPUs: say where this run did not."""
+    lines = []
+    precision = precision_of(summary)
+    if precision not in ("fp32", "no", "n/a"):
+        lines.append(f"precision {precision} (release: fp32)")
+    procs = int(summary.get("num_processes") or 1)
+    on_gpu = not str(summary.get("device") or "cpu").startswith("cpu")
+    if procs > 1 and not (recipe.get("sync_bn") and on_gpu):
+        lines.append(
+            f"per-process BatchNorm over {procs} processes (release: SyncBatchNorm across GPUs)"
+        )
+    return lines
+
+
 def _split_table(data: dict, row: dict | None) -> list[str]:
     names = data.get("class_names") or [str(i) for i in range(data["num_classes"])]
     lab, unl = data.get("labeled_counts") or [], data.get("unlabeled_counts") or []
@@ -344,8 +381,43 @@ def _results_table(summary: dict) -> list[str]:
     return lines
 
 
-def loading_lines(architecture: str, repo: str) -> list[str]:
-    """The card's "How to use" code, with or without `import bacon_zoo` as the architecture needs."""
+def timm_data_args(recipe: dict | None) -> str:
+    """The data arguments of timm's validate.py for a run's test set: a Hub data set timm's `hfds/`
+    reader can open, else a folder of class sub-folders (`--data-dir`)."""
+    dataset = (recipe or {}).get("dataset") or ""
+    preset, hub = _preset(dataset), dataset_hub_id(dataset)
+    image = (recipe or {}).get("image_column") or getattr(preset, "image_column", None)
+    label = (recipe or {}).get("label_column") or getattr(preset, "label_column", None)
+    if hub and not getattr(preset, "config", None) and image and label:
+        return f"--dataset hfds/{hub} --split test --input-key {image} --target-key {label}"
+    return "--data-dir PATH/TO/IMAGES --split test   # <split>/<class>/<image>.png"
+
+
+def timm_script_lines(architecture: str, repo: str, data_args: str) -> list[str]:
+    """How to run timm's own validate.py / train.py on the checkpoint. timm has no plug-in hook, so
+    for a bacon-zoo architecture `import bacon_zoo` must run first, in the same interpreter."""
+    model = f"--model hf-hub:{repo} --pretrained"
+    if needs_bacon_zoo(architecture):
+        run = (
+            "python -c \"import bacon_zoo, runpy, sys; sys.argv = ['validate.py', *sys.argv[1:]]; "
+            "runpy.run_path('validate.py', run_name='__main__')\" \\"
+        )
+        intro = (
+            "timm's own scripts, from a clone of pytorch-image-models: timm has no plug-in hook, so "
+            "`import bacon_zoo` runs first (registering the architecture), then the script as "
+            "`__main__` with its usual arguments (`train.py` the same way, for fine-tuning):"
+        )
+    else:
+        run = "python validate.py \\"
+        intro = (
+            "timm's own scripts, from a clone of pytorch-image-models, load it as any timm model:"
+        )
+    return [intro, "", "```bash", run, f"    {model} {data_args}", "```", ""]
+
+
+def loading_lines(architecture: str, repo: str, data_args: str | None = None) -> list[str]:
+    """The card's "How to use" code, with or without `import bacon_zoo` as the architecture needs,
+    and how to run timm's own scripts on it."""
     import bacon_zoo.models  # noqa: F401  (so the check sees the architectures bacon-zoo registers)
 
     needs = needs_bacon_zoo(architecture)
@@ -388,6 +460,7 @@ def loading_lines(architecture: str, repo: str) -> list[str]:
         f"bacon-zoo train --recipe recipe.yaml --init-from hf-hub:{repo}   # continue training",
         "```",
         "",
+        *timm_script_lines(architecture, repo, data_args or timm_data_args(None)),
     ]
 
 
@@ -412,6 +485,8 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     setting = setting_string(recipe)
     repo = hub_id or f"<org>/{name}"
     ds_hub = dataset_hub_id(dataset)
+    revision = recipe.get("dataset_revision")
+    revision_note = f", revision `{revision}`" if revision else ""
     base_model = net.get("base_model") if recipe.get("pretrained") else None
     step = net.get("step")
     row = next((r for r in reversed(history) if r.get("step") == step), None)
@@ -439,7 +514,8 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         base_model=base_model,
         metrics=["accuracy"],
         model_name=hub_id or name,
-        eval_results=eval_results(summary, recipe, data.get("num_test")) or None,
+        eval_results=eval_results(summary, recipe) or None,
+        long_tail_setting=setting,
     )
 
     L: list[str] = [f"# {name}", ""]
@@ -450,7 +526,8 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     L += [
         f"A `{arch}` image classifier for "
         f"{data['num_classes']} classes, trained with **{ALGORITHMS.get(algorithm, algorithm)}** on a "
-        f"long-tailed labeled/unlabeled split of {dataset_title(dataset)} (`{dataset}`, {setting}) with "
+        f"long-tailed labeled/unlabeled split of {dataset_title(dataset)} (`{dataset_ref(dataset)}`, "
+        f"{setting}{revision_note}) with "
         "bacon-zoo, a timm/accelerate model zoo for class-imbalanced semi-supervised learning.",
         "",
         f"The timm classifier in this repo is the EMA model at step {step} (checkpoint "
@@ -543,15 +620,20 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     if con is not None:
         L += ["## The contrastive term in this run", "", *_contrastive_lines(con), ""]
 
-    L += ["## How to use", "", *loading_lines(arch, repo)]
+    L += ["## How to use", "", *loading_lines(arch, repo, timm_data_args(recipe))]
 
     L += ["## Differences from the released code", ""]
     L += [f"- {d}" for d in DIFFERENCES]
     if protocol != PROTOCOL:
         L += [f"- This run predates the release protocol: {PROTOCOLS.get(protocol, protocol)}."]
+    if algorithm == "fixmatch" and recipe.get("lr_schedule") == "constant":
+        L += [
+            "- This FixMatch baseline uses the release's BaCon protocol (constant learning rate); "
+            "USB trains plain FixMatch with a cosine schedule (`--lr-schedule cosine`)."
+        ]
     quirks = (recipe.get("bacon") or {}).get("official_quirks")
     L += [f"- This run: `bacon.official_quirks` is {'on' if quirks else 'off'}."]
-    diff = _protocol_diff(recipe)
+    diff = _protocol_diff(recipe) + _runtime_diff(recipe, summary)
     L += [
         "- This run's settings that differ from the release's training protocol: "
         + ("; ".join(diff) if diff else "none")
