@@ -12,6 +12,7 @@ import difflib
 import importlib.resources
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -353,7 +354,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
-    except (TypeError, ValueError, yaml.YAMLError):
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):  # 1e400 overflows int
         pass
     else:
         return value
@@ -371,6 +372,11 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> No
     types = _field_types(type(cfg))
     for key, value in overrides.items():
         full = f"{prefix}{key}"
+        if full == "output_dir" and isinstance(value, str) and not value.strip():
+            raise UserError(
+                "output_dir is empty (--output-dir ''); give a folder, or leave the flag out for "
+                "the default runs/<dataset>_<algorithm>_<backbone>_seed<N>"
+            )
         if key not in types:
             raise UserError(
                 f"unknown config key '{full}'{_suggest(key, list(types))}; "
@@ -382,7 +388,17 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> No
                 raise UserError(f"config key '{full}' is a section; give it a mapping of keys")
             apply_overrides(current, value, prefix=f"{full}.")
         else:
-            setattr(cfg, key, _coerce(value, types[key], full))
+            setattr(cfg, key, _path_value(_coerce(value, types[key], full), full))
+
+
+# fields that are local paths: `~` is expanded (a quoted '~/x' reaches us unexpanded)
+PATH_KEYS = ("output_dir", "resume", "init_from", "dataset", "pretrained_file")
+
+
+def _path_value(value: Any, key: str) -> Any:
+    if key not in PATH_KEYS or not isinstance(value, str):
+        return value
+    return os.path.expanduser(value) if value.startswith("~") else value
 
 
 def _nested(key: str, value: Any) -> dict[str, Any]:
@@ -445,7 +461,13 @@ def load_recipe(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             f"recipe '{path.name}' names itself as a base (cycle: {' -> '.join(p.name for p in _seen)})"
         )
     try:
-        data = yaml_load(path.read_text()) or {}
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        utf16 = path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise UserError(
+            f"recipe '{path}' is not UTF-8 text{' (it is UTF-16, as Windows PowerShell writes)' if utf16 else ''}; "
+            "save it as UTF-8"
+        ) from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""

@@ -122,3 +122,22 @@ def check_writable_dir(path: str | Path, flag: str) -> Path:
         return path
     _writable_ancestor(path, flag)
     return path
+
+
+def writable_or_error(path: str | Path, what: str, fix: str) -> None:
+    """A one-line UserError `what: DIR is read-only; fix` unless files can be created in `path` (or,
+    when it does not exist yet, in its nearest existing ancestor)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: {path} is read-only; {fix}")
+
+
+def check_inside(path: str | Path, root: str | Path, what: str) -> Path:
+    """`path`, if it lies strictly inside the folder `root` (symlinks resolved), else a one-line
+    UserError: every path we delete or overwrite in a folder we own is checked with this first."""
+    resolved, top = Path(path).resolve(), Path(root).resolve()
+    if resolved == top or not resolved.is_relative_to(top):
+        raise UserError(f"{what} {path} lies outside {root}; nothing was written or deleted")
+    return Path(path)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import shutil
+import struct
+import subprocess
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +56,10 @@ class Ctx:
 
     tmp: Path
     shared: Path
+    mp: pytest.MonkeyPatch
     watch: list[Path] = field(default_factory=list)
     absent: list[Path] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)  # run after the case
 
     def own_run(self) -> Path:
         """A private copy of the shared run, for cases that damage or edit it."""
@@ -283,6 +289,82 @@ def tensorboard_missing(c: Ctx) -> list[str]:
     return c.train("--log-with", "tensorboard")
 
 
+def _read_only(c: Ctx, path: Path) -> None:
+    """Make `path` read-only even for root (immutable, where chattr works), undone after the case."""
+    path.chmod(0o555)
+    c.undo.append(lambda: path.chmod(0o755))
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("root ignores permissions and chattr +i is not available here")
+        c.undo.insert(0, lambda: subprocess.run(["chattr", "-i", str(path)], check=True))
+
+
+def export_read_only_run(c: Ctx) -> list[str]:
+    run = c.own_run()
+    shutil.rmtree(run / "export")
+    _read_only(c, run)
+    return ["export", run]
+
+
+def analyze_read_only_out(c: Ctx) -> list[str]:
+    ro = c.tmp / "ro"
+    ro.mkdir()
+    c.watch.append(ro)
+    _read_only(c, ro)
+    return ["analyze", c.shared, "--out", ro / "analysis"]
+
+
+def full_disk_at_second_checkpoint(c: Ctx) -> list[str]:
+    """The second checkpoint's write fails as torch's zip writer does on a full disk."""
+    import torch
+
+    save = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if "step_0000006" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+        return save(obj, f, *args, **kwargs)
+
+    c.mp.setattr(torch, "save", full)
+    return tiny_train_argv(c.tmp / "full", "steps=9")
+
+
+def diverging_lr(c: Ctx) -> list[str]:
+    return tiny_train_argv(c.tmp / "diverged", "lr=1e6")
+
+
+def utf16_recipe(c: Ctx) -> list[str]:
+    (c.tmp / "r.yaml").write_bytes("n1: 10\n".encode("utf-16"))
+    return c.train("--recipe", c.tmp / "r.yaml")
+
+
+def _own_export(c: Ctx) -> Path:
+    export = c.tmp / "export"
+    shutil.copytree(c.shared / "export", export)
+    c.watch.append(export)
+    return export
+
+
+def predict_broken_config(c: Ctx) -> list[str]:
+    export = _own_export(c)
+    (export / "config.json").write_text('{"architecture": "wrn28_2", ')
+    Image.new("RGB", (8, 8)).save(c.tmp / "x.png")
+    return ["predict", export, c.tmp / "x.png"]
+
+
+def predict_image_bomb(c: Ctx) -> list[str]:
+    """A PNG header claiming 20000 x 20000 pixels (PIL refuses it at open, before decoding)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    head = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    (c.tmp / "bomb.png").write_bytes(bomb + chunk(b"IEND", b""))
+    return ["predict", c.shared / "export", c.tmp / "bomb.png"]
+
+
 def _train(*args: str, sets: tuple[str, ...] = ()) -> Callable[[Ctx], list[str]]:
     return lambda c: c.train(*args, sets=sets)
 
@@ -366,6 +448,19 @@ CASES = [
     ("predict_missing_image", predict_missing_image, "no_such.png"),
     ("study_bad_grid", lambda c: ["study", "run", "--grid", "backbone", "--out", c.tmp / "s", "--dry-run"], "backbone"),
     ("data_n1_zero", lambda c: ["data", "--n1", "0"], "n1 must be >= 1 (got 0)"),
+    # integrity (issue 22): ranges that depend on the data, divergence, faults and odd inputs
+    ("topk_above_classes", _train("--set", "bacon.topk=11"), "bacon.topk 11 is above the number of classes (10)"),
+    ("batch_above_labeled_set", _train("--batch-size", "500"), "is more than the labeled set (96 images)"),
+    ("image_size_too_big", _train("--image-size", "4096"), "GiB of activations"),
+    ("diverging_lr", diverging_lr, "the training loss became NaN or infinite"),
+    ("full_disk_checkpoint", full_disk_at_second_checkpoint, "no space left on the device while writing checkpoint step_0000006"),
+    ("export_read_only_run", export_read_only_run, "is read-only"),
+    ("analyze_read_only_out", analyze_read_only_out, "is read-only"),
+    ("steps_1e400", _train("--steps", "1e400"), "'steps': '1e400' is not a valid int"),
+    ("recipe_utf16", utf16_recipe, "is not UTF-8 text (it is UTF-16"),
+    ("output_dir_empty", lambda c: tiny_train_argv(""), "output_dir is empty"),
+    ("predict_broken_config", predict_broken_config, "config.json is not valid JSON"),
+    ("predict_image_bomb", predict_image_bomb, "too large to open safely"),
 ]  # fmt: skip
 if (
     importlib.util.find_spec("tensorboard") is None
@@ -389,12 +484,15 @@ def test_bad_input(setup, expect, tmp_path, finished, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no cached login either
     monkeypatch.chdir(tmp_path)  # nothing lands in the checkout (e.g. a default runs/ dir)
     shared_before = tree_hash(finished)
-    ctx = Ctx(tmp=tmp_path / "case", shared=finished)
+    ctx = Ctx(tmp=tmp_path / "case", shared=finished, mp=monkeypatch)
     ctx.tmp.mkdir()
-    argv = setup(ctx)
-    before = {p: tree_hash(p) for p in ctx.watch}
-
-    r = _run_cli(argv)  # any exception but SystemExit is a traceback: the test fails on it
+    try:
+        argv = setup(ctx)
+        before = {p: tree_hash(p) for p in ctx.watch}
+        r = _run_cli(argv)  # any exception but SystemExit is a traceback: the test fails on it
+    finally:
+        for undo in ctx.undo:
+            undo()
 
     text = r.out + r.err
     assert r.code not in (0, None), f"exit {r.code}: {text[-1500:]}"

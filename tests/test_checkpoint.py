@@ -13,27 +13,84 @@ from bacon_zoo.errors import UserError
 from bacon_zoo.run.checkpoint import (
     CUSTOM_OBJECTS,
     MANIFEST,
+    STATE_JSON,
+    STATE_TENSORS,
     find_resume_dir,
     latest_complete,
     list_checkpoints,
     load_custom_object,
+    read_state,
     verify_checkpoint,
     write_manifest,
+    write_state,
 )
 
 
+class Obj:
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
 def fake_checkpoint(root: Path, step: int, manifest: bool = True) -> Path:
-    """A folder shaped like accelerate's save_state output (contents are arbitrary bytes)."""
+    """A folder shaped like a checkpoint (accelerate's files are arbitrary bytes; ours are real)."""
     d = root / f"step_{step:07d}"
     d.mkdir(parents=True)
     (d / "model.safetensors").write_bytes(bytes(range(256)) * (4 + step))
     (d / "optimizer.bin").write_bytes(b"o" * 100)
     (d / "random_states_0.pkl").write_bytes(b"r" * 10)
-    for i in range(len(CUSTOM_OBJECTS)):
-        torch.save({"step": step, "i": i}, d / f"custom_checkpoint_{i}.pkl")
+    objects = {n: Obj({"step": step, "i": i}) for i, n in enumerate(CUSTOM_OBJECTS)}
+    write_state(d, objects, None)
     if manifest:
         write_manifest(d)
     return d
+
+
+def legacy_checkpoint(root: Path, step: int) -> Path:
+    """A checkpoint of an older version: our state in accelerate's custom_checkpoint_N.pkl."""
+    d = root / f"step_{step:07d}"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"m" * 64)
+    for i in range(len(CUSTOM_OBJECTS)):
+        torch.save({"step": step, "i": i, "t": torch.arange(3)}, d / f"custom_checkpoint_{i}.pkl")
+    write_manifest(d)
+    return d
+
+
+def test_state_round_trips_exactly(tmp_path):
+    """Tensors of every dtype, None, nested lists/tuples, int keys and exact floats come back equal."""
+    state = {
+        "w": torch.randn(3, 4),
+        "b": torch.tensor([True, False]),
+        "i": torch.arange(5),
+        "h": torch.randn(2, dtype=torch.float64),
+        "bf": torch.randn(2).to(torch.bfloat16),
+        "scalar": torch.tensor(7),
+        "none": None,
+        "lrs": [0.1 / 3, 1e-300, float("inf")],
+        "pair": (1, "x"),
+        "by_int": {0: torch.ones(1), 1: {"momentum_buffer": None}},
+        "__odd": 1,
+        "nested": {"a": [torch.zeros(2), {"b": 2.5}]},
+    }
+    write_state(tmp_path, {"obj": Obj(state)}, {"config": {"lr": 0.1}})
+    got = read_state(tmp_path, ("obj",))["obj"]
+    assert got.keys() == state.keys()
+    for k in ("w", "b", "i", "h", "bf", "scalar"):
+        assert got[k].dtype == state[k].dtype and torch.equal(got[k], state[k]), k
+    assert got["lrs"] == state["lrs"] and got["pair"] == (1, "x") and got["none"] is None
+    assert torch.equal(got["by_int"][0], torch.ones(1)) and got["by_int"][1] == {
+        "momentum_buffer": None
+    }
+    assert got["__odd"] == 1 and got["nested"]["a"][1] == {"b": 2.5}
+    assert set(json.loads((tmp_path / STATE_JSON).read_text())) == {"format", "run", "objects"}
+
+
+def test_state_refuses_what_it_cannot_store(tmp_path):
+    with pytest.raises(TypeError, match="obj.f is a function"):
+        write_state(tmp_path, {"obj": Obj({"f": lambda: 0})}, None)
 
 
 def test_manifest_lists_every_file_with_size_and_hash(tmp_path):
@@ -54,8 +111,8 @@ def test_verify_names_what_is_wrong(tmp_path):
     assert verify_checkpoint(d) == f"model.safetensors is 100 bytes, manifest says {size}"
 
     d = fake_checkpoint(tmp_path, 2)
-    (d / "custom_checkpoint_2.pkl").unlink()
-    assert verify_checkpoint(d) == "custom_checkpoint_2.pkl missing"
+    (d / STATE_TENSORS).unlink()
+    assert verify_checkpoint(d) == f"{STATE_TENSORS} missing"
 
     d = fake_checkpoint(tmp_path, 3)
     data = bytearray((d / "optimizer.bin").read_bytes())
@@ -72,8 +129,18 @@ def test_verify_names_what_is_wrong(tmp_path):
     assert verify_checkpoint(d) == "manifest.json is unreadable"
 
     d = fake_checkpoint(tmp_path, 6)
+    (d / STATE_TENSORS).unlink()
+    write_manifest(d)  # a manifest of a checkpoint without our state
+    assert f"{STATE_TENSORS} is not in the manifest" in verify_checkpoint(d)
+    d = fake_checkpoint(tmp_path, 7)
+    (d / STATE_TENSORS).unlink()
+    (d / STATE_JSON).unlink()
+    write_manifest(d)
+    assert f"{STATE_JSON} is not in the manifest" in verify_checkpoint(d)
+    d = legacy_checkpoint(tmp_path / "old", 8)
+    assert verify_checkpoint(d) is None
     (d / "custom_checkpoint_4.pkl").unlink()
-    write_manifest(d)  # a manifest of a checkpoint with fewer registered objects
+    write_manifest(d)  # an older version's checkpoint with fewer registered objects
     assert "custom_checkpoint_4.pkl is not in the manifest" in verify_checkpoint(d)
     assert verify_checkpoint(tmp_path / "nope") == "not a directory"
 
@@ -113,11 +180,11 @@ def test_auto_resume_says_it_starts_over(tmp_path, capsys):
         f"--resume: no checkpoint in {root}; starting from step 0"
     )
     d = fake_checkpoint(root, 5)
-    (d / "custom_checkpoint_0.pkl").unlink()
+    (d / STATE_JSON).unlink()
     assert find_resume_dir("auto", root) is None
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "skipping checkpoints/step_0000005: custom_checkpoint_0.pkl missing",
+        f"skipping checkpoints/step_0000005: {STATE_JSON} missing",
         f"--resume: no complete checkpoint in {root}; starting from step 0",
     ]
 
@@ -152,16 +219,20 @@ def test_load_custom_object_refuses_a_damaged_checkpoint(tmp_path):
         load_custom_object(d, "ema")
 
 
+def test_checkpoints_of_older_versions_are_read_without_pickle_code(tmp_path):
+    d = legacy_checkpoint(tmp_path, 3)
+    got = load_custom_object(d, "algorithm")
+    assert got["step"] == 3 and torch.equal(got["t"], torch.arange(3))
+
+
 # ---- end to end: damage the newest checkpoint of a real run, three ways, and resume
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     """Model, EMA and algorithm (memory bank) tensors of a checkpoint."""
     out = {f"model.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}
-    for i, name in enumerate(CUSTOM_OBJECTS):
-        sd = torch.load(ckpt / f"custom_checkpoint_{i}.pkl", weights_only=False)
-        if isinstance(sd, dict):
-            out |= {f"{name}.{k}": v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    for name, sd in read_state(ckpt).items():
+        out |= {f"{name}.{k}": v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     return out
 
 
@@ -174,9 +245,8 @@ def _truncate(ckpt: Path) -> str:
 
 
 def _drop_custom(ckpt: Path) -> str:
-    name = f"custom_checkpoint_{CUSTOM_OBJECTS.index('algorithm')}.pkl"
-    (ckpt / name).unlink()
-    return f"{name} missing"
+    (ckpt / STATE_TENSORS).unlink()
+    return f"{STATE_TENSORS} missing"
 
 
 def _drop_manifest(ckpt: Path) -> str:

@@ -131,7 +131,7 @@ def test_bad_checkpoints_are_one_line(tmp_path, capsys):
     torch.save({"ema_model": good}, ok)
     cases = [
         (garbage, [], "not a readable torch.save checkpoint"),
-        (unsafe, [], "can't be loaded safely"),
+        (unsafe, [], "refused: the file asks to run code"),
         (no_key, [], "has no 'ema_model' entry"),
         (unknown, [], "unknown key 'head.fc.weight'"),
         (ok, ["--num-classes", "7"], "shape mismatch for 'classifier"),

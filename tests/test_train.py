@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from bacon_zoo.config import build_config
 from bacon_zoo.errors import UserError
+from bacon_zoo.run.checkpoint import read_state
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -64,9 +65,9 @@ def test_tiny_run_per_algorithm(tmp_path, algorithm):
 def _state(ckpt: Path) -> dict[str, torch.Tensor]:
     """Model, EMA and algorithm (memory bank) tensors of an accelerate checkpoint."""
     out = {f"model.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}
-    for i, name in ((1, "ema"), (2, "algo")):
-        sd = torch.load(ckpt / f"custom_checkpoint_{i}.pkl", weights_only=False)
-        out |= {f"{name}.{k}": v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    states = read_state(ckpt, ("ema", "algorithm"))
+    for obj, name in (("ema", "ema"), ("algorithm", "algo")):
+        out |= {f"{name}.{k}": v for k, v in states[obj].items() if isinstance(v, torch.Tensor)}
     return out
 
 

@@ -21,10 +21,18 @@ import numpy as np
 import torch
 
 from bacon_zoo.analysis import plots
+from bacon_zoo.config import fingerprint
 from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import atomic_write_bytes, atomic_write_text, read_json, write_json
+from bacon_zoo.fileio import (
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    writable_or_error,
+    write_json,
+)
 from bacon_zoo.metrics import classification_metrics
 from bacon_zoo.run import CHECKPOINTS, SPLIT, RunDir
+from bacon_zoo.run.checkpoint import check_same_run
 from bacon_zoo.train.evaluate import evaluate
 
 GROUPS = ("head", "medium", "tail")
@@ -235,7 +243,9 @@ def analyze_run(
     if full_test:
         cfg.max_eval_samples = None
     card = rd.read_data()
-    model, ckpt = rd.load_ema_model(resolve_checkpoint(rd, checkpoint))
+    ckpt = resolve_checkpoint(rd, checkpoint)
+    check_same_run(ckpt, fingerprint(cfg, ignore=("steps",)), rd.path)  # not another run's weights
+    model, ckpt = rd.load_ema_model(ckpt)
     head = rd.eval_head()
     data = prepare_data(cfg, split_path=rd.split_path)
     if int(card["num_classes"]) != data.num_classes:
@@ -620,6 +630,7 @@ def _slug(name: str) -> str:
 
 def check_out_dir(out: Path) -> None:
     """Refuse an existing, non-empty folder that analyze did not write (it would overwrite files)."""
+    writable_or_error(out, f"cannot write the analysis to {out}", "give --out a writable folder")
     if not out.exists():
         return
     if not out.is_dir():

@@ -388,6 +388,19 @@ def _encode_labels(raw: list[Any], names: list[str] | None) -> tuple[np.ndarray,
 # decoding, once, to a uint8 cache
 
 
+def _wide_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Integer pixels wider than 8 bits as uint8: 16-bit ones by their high byte (as PIL reads 16-bit
+    RGB PNGs), wider integers holding 0..255 as they are; anything else is refused (ValueError)."""
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        raise ValueError(
+            f"pixel values in [{lo}, {hi}] are neither 8- nor 16-bit; convert the image to 8-bit"
+        )
+    if arr.dtype.itemsize == 2 or hi > 255:
+        return (arr.astype(np.uint32) >> 8).astype(np.uint8)
+    return arr.astype(np.uint8)
+
+
 def _to_rgb(value: Any, size: int) -> np.ndarray:
     """One decoded image (PIL, array or {bytes}) as uint8 [size, size, 3]: RGB, center-fit, resized."""
     from PIL import Image, ImageOps
@@ -396,8 +409,12 @@ def _to_rgb(value: Any, size: int) -> np.ndarray:
         value = Image.open(io.BytesIO(value["bytes"]))
     elif isinstance(value, dict) and value.get("path"):
         value = Image.open(value["path"])
+    if isinstance(value, Image.Image) and value.mode.startswith("I"):  # 16/32-bit grey (I;16, I)
+        value = np.asarray(value)  # PIL's own convert("RGB") clips them: a white image
     if not isinstance(value, Image.Image):
         arr = np.asarray(value)
+        if arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):
+            arr = _wide_to_uint8(arr)
         if arr.dtype != np.uint8:
             scale = 255.0 if arr.size and float(arr.max()) <= 1.0 else 1.0
             arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
@@ -448,6 +465,18 @@ def _unreadable_message(name: str, where: str, err: BaseException) -> str:
     )
 
 
+def _check_decoded_size(n: int, size: int, what: str) -> None:
+    """Refuse a decode whose uint8 array cannot fit in memory (an image size far above the data's)."""
+    import psutil
+
+    need, free = n * size * size * 3, psutil.virtual_memory().available
+    if need > free:
+        raise UserError(
+            f"decoding the {n} images of {what} at {size}x{size} needs {need / 2**30:.1f} GiB of "
+            f"memory and {free / 2**30:.1f} GiB is free; lower --image-size"
+        )
+
+
 def decode_images(
     ds: Any,
     image_column: str,
@@ -463,6 +492,7 @@ def decode_images(
     `skip_unreadable`: then its slot stays zero and `ok` is False there.
     """
     col = _raw_image_column(ds, image_column)
+    _check_decoded_size(len(col), image_size, f"'{name or 'the data'}'/{split}")
     out = np.zeros((len(col), image_size, image_size, 3), dtype=np.uint8)
     ok = np.ones(len(col), dtype=bool)
     errors = _unreadable_errors()

@@ -17,6 +17,7 @@ never leaves a half export and never touches the run's other files.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import read_json, write_json
+from bacon_zoo.fileio import read_json, writable_or_error, write_json
 from bacon_zoo.hub.names import (
     CARD,
     EXPORT_FORMAT,
@@ -34,6 +35,7 @@ from bacon_zoo.hub.names import (
     PLOT,
     RECIPE,
     TIMM_WEIGHTS,
+    check_model_name,
     model_name,
     sha256_file,
 )
@@ -124,6 +126,10 @@ def _prepare_out_dir(out: Path, run_dir: Path | None, force: bool) -> Path | Non
             )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
+    # the export is built beside `out` and renamed over it: both must be writable
+    writable_or_error(out.parent, f"cannot write the export {out}", "give --out a writable folder")
+    if out.is_dir():
+        writable_or_error(out, f"cannot replace the export {out}", "give --out a writable folder")
     if not out.is_dir() or not any(out.iterdir()):
         return None
     if not (out / NET_CONFIG).is_file():
@@ -255,16 +261,41 @@ def write_folder(out: Path, fill: Any, run_dir: Path | None = None, force: bool 
     aside = _prepare_out_dir(out, run_dir, force)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         fill(tmp)
         write_manifest(tmp)
         _swap_into_place(tmp, out, aside)
+    except OSError as e:  # a read-only or full file system (the checks above cannot see every one)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(
+            f"cannot write the export {out} ({e.strerror}); nothing was replaced: give --out a "
+            "writable folder with free space"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_finite(net: nn.Module, source: str) -> None:
+    """Refuse weights that hold NaN or infinity (a diverged run): they would export as a normal model."""
+    import torch
+
+    bad = [
+        k
+        for k, v in net.state_dict().items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise UserError(
+            f"{source} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the run "
+            "diverged; nothing was exported: export an earlier checkpoint (--checkpoint) or retrain "
+            "with a lower --lr"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +316,10 @@ def export_run(
     used in the card and as the default Hub repo name. An existing export that was changed by hand
     is refused (UserError) unless `force`, which moves it to `export.old-N`; nothing is deleted.
     """
+    from bacon_zoo.config import fingerprint
     from bacon_zoo.hub.card import build_card, plot_per_class
     from bacon_zoo.run import RunDir
+    from bacon_zoo.run.checkpoint import check_same_run
 
     run = RunDir(run_dir).require()
     cfg = run.read_config()
@@ -294,10 +327,13 @@ def export_run(
     history = run.read_metrics()
     summary = run.summary_or_partial()
     out = Path(out_dir) if out_dir is not None else run.export_dir
+    name = check_model_name(name) if name is not None else model_name(cfg.to_dict())
     _prepare_out_dir(out, run.path, force)  # refuse before loading any weights
-    net, ckpt = run.load_ema_model(checkpoint)
+    ckpt = run.checkpoint(checkpoint)
+    check_same_run(ckpt, fingerprint(cfg, ignore=("steps",)), run.path)
+    net, ckpt = run.load_ema_model(ckpt)
+    check_finite(net, f"checkpoint {ckpt}")
     head = run.eval_head()
-    name = name or model_name(cfg.to_dict())
     size = int(data.get("image_size", cfg.image_size))
     num_classes = int(data["num_classes"])
     class_names = [str(c) for c in data.get("class_names") or range(num_classes)]

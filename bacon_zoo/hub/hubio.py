@@ -14,11 +14,13 @@ import os
 import shlex
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import read_json
 from bacon_zoo.hub.names import CARD, NET_CONFIG, TIMM_CONFIG, TIMM_WEIGHTS
 from bacon_zoo.run.weights import (
     _REPO_ID,
@@ -70,8 +72,18 @@ def load_pretrained(name: str) -> tuple[Any, dict]:
     if not (folder / TIMM_CONFIG).is_file():
         raise UserError(f"{name} has no config.json: it is not a timm model folder or export")
     verify_safetensors(folder / TIMM_WEIGHTS, expected_sha(folder, TIMM_WEIGHTS))
+    fix = "export or download the model again"
+    config = read_json(folder / TIMM_CONFIG, "the model's timm config", fix)
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise UserError(
+            f"{folder / TIMM_CONFIG} names no 'architecture': it is not a timm config; {fix}"
+        )
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except (KeyError, TypeError, ValueError) as e:  # a config.json timm cannot build from
+        raise UserError(
+            f"{folder / TIMM_CONFIG} does not build a model ({_first_line(e)}); {fix}"
+        ) from None
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise UserError(
@@ -100,10 +112,16 @@ def predict(
     batch = []
     for p in image_paths:
         try:
-            with Image.open(p) as img:
-                batch.append(transform(img.convert("RGB")))
+            with warnings.catch_warnings():  # PIL only warns below twice its pixel limit
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as img:
+                    batch.append(transform(img.convert("RGB")))
         except FileNotFoundError:
             raise UserError(f"image {p} not found") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UserError(
+                f"image {p} is too large to open safely ({_first_line(e)}); give a smaller image"
+            ) from None
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(
                 f"can't read image {p} ({_first_line(e)}); give a PNG/JPEG file"

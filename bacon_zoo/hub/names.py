@@ -134,3 +134,25 @@ def needs_bacon_zoo(architecture: str) -> bool:
 
     fn = timm.models.model_entrypoint(architecture) if timm.is_model(architecture) else None
     return fn is None or fn.__module__.startswith("bacon_zoo.")
+
+
+# a model or repo name as the Hugging Face Hub allows it: letters, digits and `._-`, one optional
+# `owner/`; it is also a file name in the zoo (model_cards/<name>.md), so never `..` or absolute
+_MODEL_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def check_model_name(name: str, flag: str = "--name") -> str:
+    """`name` if it is a Hub-style model name, else a one-line UserError (checked where names enter)."""
+    from bacon_zoo.errors import UserError
+
+    if (
+        not isinstance(name, str)
+        or not _MODEL_NAME.fullmatch(name)
+        or ".." in name
+        or name.endswith((".", "-"))
+    ):
+        raise UserError(
+            f"{flag} {name!r} is not a model name: use letters, digits and . _ - (with one optional "
+            "OWNER/ in front), e.g. wrn28_2.bacon_c10lt_n1000m4000g100_s0"
+        )
+    return name

@@ -29,6 +29,16 @@ def read_usb_checkpoint(path: Path, key: str) -> tuple[dict[str, Any], Any]:
 
     if not path.is_file():
         raise UserError(f"{path} is not a file; give a USB checkpoint (torch.save .pth)")
+    try:  # the pickle's globals, read without loading anything (zip checkpoints only)
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a zip checkpoint: the weights_only load below says what it is
+        unsafe = []
+    if unsafe:
+        raise UserError(
+            f"{path}: refused: the file asks to run code (it names {unsafe[0]}, which "
+            "torch.load(weights_only=True) does not create); save only the state dicts "
+            "(tensors, numbers, strings) and import that"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError (refused or garbage), a truncated zip, ...
@@ -36,9 +46,9 @@ def read_usb_checkpoint(path: Path, key: str) -> tuple[dict[str, Any], Any]:
         refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         if isinstance(e, pickle.UnpicklingError) and refused:
             raise UserError(
-                f"{path} can't be loaded safely: it holds a {refused.group(1)} object, which "
-                "torch.load(weights_only=True) refuses to run; save only the state dicts "
-                "(tensors, numbers, strings) and import that"
+                f"{path}: refused: the file asks to run code (it names {refused.group(1)}, "
+                "which torch.load(weights_only=True) does not create); save only the "
+                "state dicts (tensors, numbers, strings) and import that"
             ) from None
         raise UserError(
             f"{path} is not a readable torch.save checkpoint ({type(e).__name__}); check that the "
@@ -76,7 +86,7 @@ def import_usb(
     import torch
 
     from bacon_zoo.hub.card import build_card
-    from bacon_zoo.hub.export import write_folder, write_model_files
+    from bacon_zoo.hub.export import check_finite, write_folder, write_model_files
     from bacon_zoo.models.usb import bacon_net_from_usb, convert_usb_state_dict
 
     path = Path(checkpoint)
@@ -96,6 +106,7 @@ def import_usb(
             "(aux_classifier.*); there is nothing to predict with"
         )
     net = bacon_net_from_usb(weights, arch, num_classes).eval()
+    check_finite(net, f"{path} ('{key}')")
     head = "abc" if weights.abc_head is not None else "main"
     full = weights.abc_head is not None and weights.projection is not None
     names = [str(c) for c in class_names or range(num_classes)]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import read_json, read_jsonl, write_json
+from bacon_zoo.fileio import atomic_write_text, check_inside, read_json, read_jsonl, write_json
 from bacon_zoo.hub.names import (
     CARD,
     NET_CONFIG,
@@ -35,6 +35,7 @@ from bacon_zoo.hub.names import (
     RECIPE,
     TIMM_CONFIG,
     arch_of,
+    check_model_name,
     is_tag,
     setting_string,
 )
@@ -185,14 +186,25 @@ def _entry_name(net: dict, hub_id: str | None, tag: str | None) -> str:
     return net.get("name") or f"{arch}.bacon_zoo"
 
 
-def _copy_card(export_dir: Path, cards_dir: Path, name: str, hub_id: str | None) -> Path:
+def _copy_card(
+    export_dir: Path, cards_dir: Path, name: str, hub_id: str | None, ours: bool = False
+) -> Path:
     """model_cards/<name>.md (+ model_cards/<name>/ for its images), links rewritten to match. The card
-    is rebuilt for `hub_id` unless it was edited by hand (then it is copied as it is)."""
+    is rebuilt for `hub_id` unless it was edited by hand (then it is copied as it is). Both paths must
+    lie inside `cards_dir`; existing ones are replaced only when `ours` (the entry's own, from an
+    earlier `zoo add`), never files someone else put there."""
     from bacon_zoo.hub.card import build_card
     from bacon_zoo.hub.export import export_changes
 
-    assets = cards_dir / name
-    shutil.rmtree(assets, ignore_errors=True)
+    assets = check_inside(cards_dir / name, cards_dir, "the card folder")
+    card = check_inside(cards_dir / f"{name}.md", cards_dir, "the card")
+    if not ours and (assets.exists() or card.exists()):
+        raise UserError(
+            f"{card} or {assets} already exists but no zoo entry '{name}' wrote it; move it away "
+            "or pass --tag to name this model otherwise"
+        )
+    if assets.is_dir() and not assets.is_symlink():
+        shutil.rmtree(assets)
     edited = any(c.startswith(f"{CARD} ") for c in export_changes(export_dir))
     text = (
         str(build_card(export_dir, hub_id=hub_id))
@@ -209,8 +221,8 @@ def _copy_card(export_dir: Path, cards_dir: Path, name: str, hub_id: str | None)
         copied.append("analysis/")
     for rel in copied:
         text = text.replace(f"]({rel}", f"]({name}/{rel}")
-    card = cards_dir / f"{name}.md"
-    card.write_text(text)
+    card.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(card, text)
     return card
 
 
@@ -242,12 +254,12 @@ def add(
         raise UserError("status 'pushed' needs --hub-id ORG/NAME (the repo it was pushed to)")
     if hub_id and not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id.removeprefix("hf-hub:")):
         raise UserError(f"--hub-id '{hub_id}' is not a repo id; use ORG/NAME")
-    hub_id = hub_id.removeprefix("hf-hub:") if hub_id else None
+    hub_id = check_model_name(hub_id.removeprefix("hf-hub:"), "--hub-id") if hub_id else None
     f = _read(export_dir)
     net, summary, config, recipe = f["net"], f["summary"], f["config"], f["recipe"]
     path = path or index_path()
     index = load_index(path)
-    name = _entry_name(net, hub_id, tag)
+    name = check_model_name(_entry_name(net, hub_id, tag), f"the model name of {export_dir}")
     best, last = summary.get("best") or {}, summary.get("last") or {}
     pretrained_cfg = {
         k: config["pretrained_cfg"][k] for k in _CFG_KEYS if k in config["pretrained_cfg"]
@@ -297,7 +309,7 @@ def add(
             entry["hub_id"] = old.get("hub_id")
             entry["status"] = old.get("status", entry["status"])
     entry["note"] = entry_note(entry)
-    card = _copy_card(export_dir, path.parent, name, entry["hub_id"])
+    card = _copy_card(export_dir, path.parent, name, entry["hub_id"], ours=old is not None)
     entry["card"] = os.path.relpath(card, path.parent.parent)  # model_cards/<name>.md
     index["models"] = [e for e in index["models"] if e["name"] != name] + [entry]
     save_index(index, path)

@@ -16,6 +16,7 @@ RNG states) is in the checkpoint, so stopping and resuming gives the same weight
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,14 +35,21 @@ from timm.utils import ModelEmaV3
 from torch import Tensor
 
 from bacon_zoo.algorithms import Algorithm, create_algorithm
-from bacon_zoo.config import TrainConfig, config_diff
+from bacon_zoo.config import TrainConfig, config_diff, fingerprint
 from bacon_zoo.data import SSLData, make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.data.views import RESIZE_INTERPOLATION
 from bacon_zoo.errors import UserError
 from bacon_zoo.fileio import check_writable_dir
 from bacon_zoo.models import BaconNet
 from bacon_zoo.run import RunDir, build_model, summary_record
-from bacon_zoo.run.checkpoint import CUSTOM_OBJECTS, TrainState, find_resume_dir, save_checkpoint
+from bacon_zoo.run.checkpoint import (
+    TrainState,
+    find_resume_dir,
+    load_checkpoint,
+    run_record,
+    save_checkpoint,
+)
+from bacon_zoo.run.lock import RunLock
 from bacon_zoo.train.diagnostics import TrainingDiagnostics
 from bacon_zoo.train.evaluate import evaluate
 from bacon_zoo.train.optim import check_optimizer, lr_lambda, make_optimizer
@@ -280,6 +288,68 @@ def _check_backbone_runs(model: BaconNet, cfg: TrainConfig) -> None:
         model.train()
 
 
+def _check_step_memory(cfg: TrainConfig, device: torch.device, precision: str) -> None:
+    """Refuse an image size whose activations for one training step cannot fit in the device's free
+    memory, with the estimate. A forward on the meta device (shapes only: no memory, no compute) sums
+    every layer's output, about what autograd keeps for the backward pass."""
+    size = getattr(cfg, "input_size", None) or cfg.image_size
+    per_image = 0
+
+    def count(module: torch.nn.Module, inputs: object, output: object) -> None:
+        nonlocal per_image
+        if isinstance(output, Tensor) and not getattr(module, "inplace", False):
+            per_image += output.numel()
+
+    try:
+        with torch.device("meta"):
+            net = build_model(cfg, 10, for_training=False)
+        for m in net.modules():
+            if not any(m.children()):
+                m.register_forward_hook(count)
+        net.train()(torch.empty(1, 3, size, size, device="meta"))
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        elif device.type == "cpu":
+            import psutil
+
+            free = psutil.virtual_memory().available
+        else:
+            return
+    except Exception:  # a backbone the meta device cannot run: `_check_backbone_runs` will tell
+        return
+    images = cfg.batch_size * (1 + 2 * cfg.mu)
+    need = per_image * images * (2 if precision in ("bf16", "fp16") else 4)
+    if need > free:
+        raise UserError(
+            f"input size {size}: one training step keeps about {need / 2**30:.1f} GiB of "
+            f"activations ({images} images x {need / images / 2**20:.0f} MiB, {cfg.backbone}), more "
+            f"than the {free / 2**30:.1f} GiB free on {device_name(device)}; lower --image-size or "
+            "--batch-size"
+        )
+
+
+def _check_against_data(cfg: TrainConfig, data: SSLData, world: int) -> None:
+    """Values whose valid range depends on the data, checked against it before anything is written."""
+    n_lab, n_unl, k = len(data.labeled.labels), len(data.unlabeled.labels), data.num_classes
+    procs = f" x {world} processes" if world > 1 else ""
+    if cfg.batch_size * world > n_lab:
+        raise UserError(
+            f"batch_size {cfg.batch_size}{procs} is more than the labeled set ({n_lab} images): "
+            f"every batch would repeat images; use --batch-size {max(1, n_lab // world)} or less, "
+            "or a larger --n1"
+        )
+    if cfg.mu * cfg.batch_size * world > n_unl:
+        raise UserError(
+            f"mu x batch_size = {cfg.mu * cfg.batch_size}{procs} unlabeled images per step is more "
+            f"than the unlabeled set ({n_unl} images); lower --mu or --batch-size, or raise --m1"
+        )
+    if cfg.algorithm == "bacon" and cfg.bacon.rns and cfg.bacon.topk > k:
+        raise UserError(
+            f"bacon.topk {cfg.bacon.topk} is above the number of classes ({k}); Reliable Negative "
+            f"Selection needs classes outside the top-k: use --set bacon.topk={max(1, k - 1)} or less"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # progress: a bar on a terminal, one line per log window in a scheduler's log file
 
@@ -381,6 +451,47 @@ class StopSignal:
         return stop
 
 
+def _hold_run_lock(accelerator: Accelerator, run: RunDir, held: contextlib.ExitStack) -> None:
+    """One writer per run: the main process creates the run directory and holds its lock (`RunLock`)
+    until `train` ends; if another process holds it, every rank stops with the holder named."""
+    refused = None
+    if accelerator.is_main_process:
+        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            held.enter_context(RunLock(run.path))
+        except UserError as e:
+            refused = str(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refused = broadcast_object_list([refused])[0]
+    if refused:
+        raise UserError(refused)
+
+
+def _stop_if_diverged(
+    accelerator: Accelerator, log_sums: dict[str, Tensor], step: int, run: RunDir
+) -> None:
+    """Stop in one line when the loss summed since the last check is NaN or infinite (on any rank).
+
+    Called at each log window and before each checkpoint, so a diverged state is never saved: one
+    host sync there, none per step.
+    """
+    if "loss" not in log_sums:
+        return
+    bad = (~torch.isfinite(log_sums["loss"])).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    if not bad.item():
+        return
+    kept = run.checkpoints()
+    last = f"its last checkpoint, {kept[-1].name}, is kept" if kept else "it saved no checkpoint"
+    raise UserError(
+        f"the training loss became NaN or infinite by step {step}: the run diverged and stopped "
+        f"without saving; {last}. Lower --lr (or check the data) and train in a new --output-dir"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # the run
 
@@ -388,6 +499,11 @@ class StopSignal:
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training run. A complete run's result holds the summary written to
     `summary.json`; a SIGTERM/SIGINT stops every rank at the same step, after a checkpoint."""
+    with contextlib.ExitStack() as held:  # the run's lock, released however training ends
+        return _train(cfg, held)
+
+
+def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> TrainResult:
     # ---- checks, before anything is written
     state = PartialState(cpu=cfg.cpu)
     _configure_logging(state.is_main_process)
@@ -410,8 +526,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
 
     precision, why = resolve_precision(cfg.mixed_precision, state.device)
+    _check_step_memory(cfg, state.device, precision)
     set_seed(cfg.seed)  # the initial weights are a function of the seed
     data = prepare_data(cfg, split_path=run.split_path if run.split_path.is_file() else None)
+    _check_against_data(cfg, data, state.num_processes)
     model = build_model(cfg, data.num_classes)
     _check_backbone_runs(model, cfg)
     mean, std = input_norm(cfg, model, data)
@@ -427,9 +545,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    # ---- the run directory is written only now, when the run really starts
+    # ---- the run directory is written only now, when the run really starts (by one writer)
+    _hold_run_lock(accelerator, run, held)
     if accelerator.is_main_process:
-        run.path.mkdir(parents=True, exist_ok=True)
         # rewritten on every start: a grown --steps, and the precision this start resolved to
         run.write_config(cfg, "fp32" if precision == "no" else precision)
         if not run.split_path.is_file():
@@ -473,9 +591,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         "state": progress_state,
         "diagnostics": diag,
     }
-    accelerator.register_for_checkpointing(*(objects[name] for name in CUSTOM_OBJECTS))
+    # saved as safetensors + JSON by our checkpoint code, never pickled (a run folder may be hostile)
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
+        load_checkpoint(accelerator, resume_dir, objects)
         accelerator.print(f"resumed from {resume_dir} at step {progress_state.step}")
     start = progress_state.step
 
@@ -527,6 +645,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if progress_state.step % cfg.log_every == 0 or progress_state.step == cfg.steps:
                 now = time.perf_counter()
                 ips = images_per_step * log_count / max(now - t_log, 1e-9)
+                _stop_if_diverged(accelerator, log_sums, progress_state.step, run)
                 avg = {k: (v / log_count).item() for k, v in log_sums.items()}
                 progress.log(progress_state.step, avg, ips)
                 accelerator.log(
@@ -566,9 +685,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             finished = progress_state.step == cfg.steps
             stopping = not finished and stop.should_stop(progress_state.step)
             if progress_state.step % cfg.checkpoint_every == 0 or finished or stopping:
+                _stop_if_diverged(accelerator, log_sums, progress_state.step, run)
                 save_checkpoint(
-                    accelerator, run.checkpoints_dir, progress_state.step, cfg.keep_checkpoints
-                )
+                    accelerator, run.checkpoints_dir, progress_state.step, cfg.keep_checkpoints,
+                    objects, run_record(fingerprint(cfg, ignore=("steps",))),
+                )  # fmt: skip
             if stopping:
                 progress.close()
                 accelerator.print(
