@@ -74,6 +74,9 @@ class TrainConfig:
     bn_momentum: float | None = (
         None  # override every BatchNorm's momentum (None: the backbone's own)
     )
+    # BatchNorm -> SyncBatchNorm when training on several GPUs (the release does; on in the paper
+    # recipes); a no-op for one process, and skipped with a note on CPUs (SyncBatchNorm needs a GPU)
+    sync_bn: bool = False
     init_from: str | None = (
         None  # an exported folder or hub id whose BaconNet weights start training
     )

@@ -104,6 +104,8 @@ class Preset:
     test_split: str | None = None  # None: the first of TEST_SPLITS present
     # the protocol needs an unlabeled-only split (STL-10): stop when the source has none
     requires_unlabeled: bool = False
+    # PIL filter that resizes images to --image-size (STL-10: bilinear 96 -> 32 px, as the release)
+    resample: str = "bicubic"
 
 
 @functools.cache  # the same in-memory Dataset for every load in a process
@@ -142,7 +144,7 @@ PRESETS: dict[str, Preset] = {
     "stl10": Preset(
         "jxie/stl10", "image", "label",
         mean=(0.4409, 0.4279, 0.3868), std=(0.2683, 0.2610, 0.2687),
-        test_split="test", requires_unlabeled=True,
+        test_split="test", requires_unlabeled=True, resample="bilinear",
     ),
     "digits": Preset(None, "image", "label", test_per_class=30, holdout_seed=0, builder=_digits_dataset),
 }  # fmt: skip
@@ -401,8 +403,9 @@ def _wide_to_uint8(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def _to_rgb(value: Any, size: int) -> np.ndarray:
-    """One decoded image (PIL, array or {bytes}) as uint8 [size, size, 3]: RGB, center-fit, resized."""
+def _to_rgb(value: Any, size: int, resample: str = "bicubic") -> np.ndarray:
+    """One decoded image (PIL, array or {bytes}) as uint8 [size, size, 3]: RGB, center-fit, resized
+    with PIL's `resample` filter (bicubic, or a preset's: STL-10 bilinear, as the release)."""
     from PIL import Image, ImageOps
 
     if isinstance(value, dict) and value.get("bytes") is not None:
@@ -424,7 +427,8 @@ def _to_rgb(value: Any, size: int) -> np.ndarray:
     if value.mode != "RGB":
         value = value.convert("RGB")
     if value.size != (size, size):
-        value = ImageOps.fit(value, (size, size), method=Image.Resampling.BICUBIC)
+        method = Image.Resampling[resample.upper()]
+        value = ImageOps.fit(value, (size, size), method=method)
     return np.asarray(value, dtype=np.uint8)
 
 
@@ -485,6 +489,7 @@ def decode_images(
     split: str = "train",
     name: str = "",
     skip_unreadable: bool = False,
+    resample: str = "bicubic",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode a column once into uint8 [N, S, S, 3] and an `ok` mask (batched reads; PIL only here).
 
@@ -502,7 +507,7 @@ def decode_images(
         report(pos)
         for value in batch[image_column]:
             try:
-                out[pos] = _to_rgb(value, image_size)
+                out[pos] = _to_rgb(value, image_size, resample)
             except errors as e:
                 if not skip_unreadable:
                     where = _describe_image(value, pos, split, image_column)
@@ -530,12 +535,16 @@ def _decode_progress(total: int, what: str, parts: int = 10):
     return report
 
 
-def _cache_key(ds: Any, split: str, image_column: str, image_size: int) -> str | None:
+def _cache_key(
+    ds: Any, split: str, image_column: str, image_size: int, resample: str = "bicubic"
+) -> str | None:
     """Key decoded arrays by the data set's fingerprint; None for in-memory data (nothing to reuse)."""
     fp = getattr(ds, "_fingerprint", None)
     if not fp or not getattr(ds, "cache_files", None):
         return None
     raw = f"{CACHE_FORMAT}|{fp}|{split}|{image_column}|{image_size}|{len(ds)}"
+    if resample != "bicubic":  # bicubic keys stay as they were, so existing caches still hit
+        raw += f"|{resample}"
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
@@ -560,6 +569,7 @@ def cached_images(
     name: str,
     decode: bool = True,
     skip_unreadable: bool = False,
+    resample: str = "bicubic",
 ) -> tuple[np.ndarray, np.ndarray]:
     """`decode_images`, read from / written to the on-disk cache when the data set has a fingerprint.
 
@@ -568,8 +578,8 @@ def cached_images(
     """
     if not decode:
         return np.empty((len(ds), 0, 0, 3), dtype=np.uint8), np.ones(len(ds), dtype=bool)
-    key = _cache_key(ds, split, image_column, image_size)
-    kw = dict(split=split, name=name, skip_unreadable=skip_unreadable)
+    key = _cache_key(ds, split, image_column, image_size, resample)
+    kw = dict(split=split, name=name, skip_unreadable=skip_unreadable, resample=resample)
     if key is None:
         return decode_images(ds, image_column, image_size, **kw)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-60:]
@@ -679,6 +689,15 @@ def _pick_splits(
     return train_names, test_name, unl_names
 
 
+def _refuse_revision(revision: str | None, where: str) -> None:
+    """A revision pins a Hub data set; on local data it would be silently meaningless."""
+    if revision:
+        raise UserError(
+            f"--dataset-revision {revision} pins a Hub data set, but {where} is local; drop "
+            "--dataset-revision (or load the Hub copy)"
+        )
+
+
 def load_source(
     dataset: str,
     image_column: str | None = None,
@@ -713,16 +732,19 @@ def load_source(
         label_column = label_column or preset.label_column
         env = os.environ.get(preset_env_var(dataset))
         if preset.builder is not None:
+            _refuse_revision(revision, f"the bundled {dataset}")
             splits, where = {"train": preset.builder()}, f"the bundled {dataset}"
         elif env:
             if not Path(env).exists():
                 raise UserError(f"{preset_env_var(dataset)}={env} does not exist; fix or unset it")
             local, where = Path(env), f"{preset_env_var(dataset)}={env}"
+            _refuse_revision(revision, where)
             splits = _open_local(local)
         else:
             splits, where = _open_hub(preset.hub_id, preset.config, revision), f"'{preset.hub_id}'"
     elif path.exists():
         local, where = path, f"'{path}'"
+        _refuse_revision(revision, where)
         splits = _open_local(path)
     elif dataset.startswith((".", "/", "~")) or dataset.count("/") > 1:
         raise UserError(f"local data set '{dataset}' does not exist; check the path")
@@ -735,6 +757,7 @@ def load_source(
         )
     else:
         splits, where = _open_hub(dataset, None, revision), f"'{dataset}'"
+    resample = preset.resample if preset is not None else "bicubic"
 
     if not splits:
         raise UserError(f"data set '{dataset}' has no splits")
@@ -753,7 +776,7 @@ def load_source(
                 f"split '{split}' has no column '{image_column}'; columns: {', '.join(ds.features)}"
             )
         images, ok = cached_images(
-            ds, split, image_column, image_size, dataset, decode, skip_unreadable
+            ds, split, image_column, image_size, dataset, decode, skip_unreadable, resample
         )
         if not ok.all():
             skipped[split] = int((~ok).sum())

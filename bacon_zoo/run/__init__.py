@@ -18,6 +18,7 @@ Layering: this module sits above config/data/models/algorithms and below train, 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,7 +267,8 @@ def build_model(cfg: TrainConfig, num_classes: int, for_training: bool = True) -
     """The one way to build a run's BaconNet: backbone, both heads and the projection.
 
     `for_training` adds what only a fresh training run wants: timm's pretrained weights
-    (`--pretrained`), a full BaconNet to start from (`--init-from`) and the BN-momentum override.
+    (`--pretrained`), a full BaconNet to start from (`--init-from`), the BN-momentum override and
+    SyncBatchNorm across GPU processes (`--sync-bn`).
     """
     import torch
 
@@ -289,7 +291,27 @@ def build_model(cfg: TrainConfig, num_classes: int, for_training: bool = True) -
         from bacon_zoo.run.weights import load_bacon_net_weights
 
         load_bacon_net_weights(model, cfg.init_from)
+    if for_training and cfg.sync_bn:
+        model = sync_batchnorm(model)
     return model
+
+
+def sync_batchnorm(model: BaconNet) -> BaconNet:
+    """BatchNorm -> SyncBatchNorm when this process is one of several on GPUs (the release converts
+    under several GPUs); unchanged for one process. SyncBatchNorm does not run on CPUs, so a
+    multi-process CPU run keeps per-process statistics and says so."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return model
+    if dist.get_backend() == "gloo":
+        if dist.get_rank() == 0:
+            logging.getLogger("bacon_zoo").warning(
+                "sync_bn: SyncBatchNorm needs GPUs; this CPU run keeps per-process BatchNorm statistics"
+            )
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def summary_record(cfg: TrainConfig, history: list[dict], status: str, **extra: Any) -> dict:
