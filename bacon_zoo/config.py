@@ -80,6 +80,12 @@ class TrainConfig:
     init_from: str | None = (
         None  # an exported folder or hub id whose BaconNet weights start training
     )
+    # LoRA through peft (extra `lora`): rank 0 = off; adapters on the linears matching lora_targets (a
+    # regex over module names: a timm ViT's attention and MLP by default); exported merged
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = r".*blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
     head_init: str = (
         "default"  # ABC head + projection: "default" (PyTorch's, as the release) | "family"
     )
@@ -265,6 +271,9 @@ RANGES: dict[str, Range] = {
     "warmup_steps": _ge(0),
     "layer_decay": Range(0.0, 1.0, lo_open=True, optional=True),
     "head_lr_scale": _gt(0),
+    "lora_rank": _ge(0, hint="; 0 turns LoRA off"),
+    "lora_alpha": _gt(0),
+    "lora_dropout": Range(0.0, 1.0, hi_open=True),
     "momentum": Range(0.0, 1.0, hi_open=True),
     "weight_decay": _ge(0),
     "ema_decay": Range(0.0, 1.0, hi_open=True),

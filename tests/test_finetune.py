@@ -247,3 +247,45 @@ def test_import_weights_refuses_code(tmp_path, run_cli):
     torch.save({"w": Payload()}, ckpt)
     res = run_cli(["import-weights", ckpt, "--arch", "test_efficientnet", "--out", tmp_path / "o"])
     assert res.code != 0 and "refused: " in res.err and "asks to run code" in res.err
+
+
+# ---- LoRA (peft, optional)
+
+
+def test_lora_trains_adapters_and_heads_and_exports_merged(tmp_path, run_cli, tiny_train):
+    """Only the adapters and BaconNet's heads train; the merged export gives the adapter model's logits
+    and loads as a plain timm ViT."""
+    pytest.importorskip("peft")
+    from bacon_zoo.run import build_model
+
+    net = build_model(TrainConfig(backbone="vit_tiny_patch4_32", lora_rank=4), 10)
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.split(".")[0] in ("head", "head_abc", "proj") for n in trainable)
+    assert any("blocks.11.mlp.fc2.lora_B" in n for n in trainable)
+    assert not any("patch_embed" in n for n in trainable)
+
+    run = tmp_path / "run"
+    res = run_cli(
+        tiny_train(run, "backbone=vit_tiny_patch4_32", "input_size=32", "lora_rank=4",
+                   "steps=2", "eval_every=2", "checkpoint_every=2", "lr=0.5")
+    )  # fmt: skip
+    assert res.code == 0, res
+    assert run_cli(["export", str(run)]).code == 0
+    from bacon_zoo.run import RunDir
+
+    ema, _ = RunDir(run).load_ema_model()
+    lora_b = [p for n, p in ema.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # the adapters moved: merging is not a no-op
+    plain = timm.create_model(f"local-dir:{run / 'export'}", pretrained=True).eval()
+    assert type(plain).__name__ == "VisionTransformer"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), ema.eval()(x).logits_abc, atol=1e-5)
+
+
+def test_lora_targets_must_match():
+    pytest.importorskip("peft")
+    from bacon_zoo.run import build_model
+
+    with pytest.raises(UserError, match="matches no linear layer"):
+        build_model(TrainConfig(backbone="resnet18_cifar", lora_rank=4), 10)

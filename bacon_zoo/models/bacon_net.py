@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 from bacon_zoo.errors import UserError
 
 from .factory import create_backbone
+from .lora import merged
 from .wrn import WideResNet
 from .wrn import init_weights as wrn_init
 
@@ -144,7 +145,8 @@ class BaconNet(nn.Module):
         (except for the small-image models, which need `import bacon_zoo` to be registered).
         """
         linear = self.head_for(head)
-        cfg = dict(getattr(self.backbone, "pretrained_cfg", {}))
+        backbone = merged(self.backbone)  # LoRA adapters folded in: a plain timm model
+        cfg = dict(getattr(backbone, "pretrained_cfg", {}))
         cfg.pop("file", None)  # a local --pretrained-file path is not part of what we publish
         arch = cfg.get("architecture")
         if not arch or not timm.is_model(arch):
@@ -152,7 +154,7 @@ class BaconNet(nn.Module):
                 f"backbone '{self.backbone_name}' is not a registered timm model; can't export it"
             )
         # the factory records the constructor args (incl. those from an hf-hub config); older timm doesn't
-        args = dict(getattr(self.backbone, "_model_args", None) or self.backbone_kwargs)
+        args = dict(getattr(backbone, "_model_args", None) or self.backbone_kwargs)
         args["num_classes"] = self.num_classes
         model = timm.create_model(arch, pretrained=False, pretrained_cfg=cfg, **args)
 
@@ -165,7 +167,7 @@ class BaconNet(nn.Module):
             raise UserError(
                 f"can't export '{arch}': its classifier is a {type(classifier).__name__}"
             )
-        state = self.backbone.state_dict()
+        state = backbone.state_dict()
         state[f"{cls_name}.weight"] = weight
         state[f"{cls_name}.bias"] = linear.bias
         model.load_state_dict(state, strict=True)

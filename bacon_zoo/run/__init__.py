@@ -291,6 +291,12 @@ def build_model(cfg: TrainConfig, num_classes: int, for_training: bool = True) -
         from bacon_zoo.run.weights import load_bacon_net_weights
 
         load_bacon_net_weights(model, cfg.init_from)
+    if cfg.lora_rank:  # after --init-from (a plain BaconNet's weights), before training and EMA
+        from bacon_zoo.models.lora import apply_lora
+
+        model.backbone = apply_lora(
+            model.backbone, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets
+        )
     if for_training and cfg.sync_bn:
         model = sync_batchnorm(model)
     return model
