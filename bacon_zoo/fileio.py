@@ -1,41 +1,70 @@
 """Writing files so that nothing already written is lost, and reading them back with one-line errors.
 
-Every file the package writes goes through `atomic_write_*`: the bytes land in a temporary sibling that is
+Every file the package writes goes through `atomic_write*`: the bytes land in a temporary sibling that is
 renamed over the target, so a crash leaves either the old file or the new one, never half of either.
+Files get their mode from the umask, as every other tool writes them (0644 under the usual 022).
 JSON is strict: NaN and infinities become `null` (a bare NaN is not JSON and breaks other readers).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bacon_zoo.errors import UserError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary sibling and an atomic rename."""
+def _open_sibling(path: Path) -> tuple[Path, BinaryIO]:
+    """A new hidden temporary file beside `path`, created with mode 0666 less the umask (as `open`
+    creates files; mkstemp's 0600 would hide a run's results from the rest of a cluster group)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return tmp, os.fdopen(os.open(tmp, flags, 0o666), "wb")
+        except FileExistsError:
+            continue
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """`write(f)` into a temporary sibling of `path`, fsync, and rename it over `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, f = _open_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary sibling and an atomic rename."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks (manifests and weight checks all use this)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def finite(obj: Any) -> Any:
@@ -67,8 +96,10 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
         raise UserError(f"{path} is missing ({what}); {fix}")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is not valid JSON ({what}); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({what}, line {e.lineno}); {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not valid JSON ({what}, not UTF-8 text); {fix}") from None
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

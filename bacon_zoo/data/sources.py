@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import functools
 import hashlib
 import io
 import logging
 import os
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +24,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from bacon_zoo.data.presets import PRESETS, Preset, preset_env_var, preset_of
 from bacon_zoo.data.splits import balanced_indices, class_counts
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import atomic_write
 
 CACHE_FORMAT = 2  # bump when the decoded layout changes (2: an `ok` mask for unreadable images)
 # held-out test splits use seed + offset, so they never mirror the split's own draw
@@ -83,76 +82,6 @@ class SourceData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named data set: where it lives, its columns, and (when published) its normalisation."""
-
-    hub_id: str | None
-    image_column: str
-    label_column: str
-    config: str | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    # without a test split: the held-out per-class count, and a fixed seed for it (not the run seed)
-    test_per_class: int | None = None
-    holdout_seed: int | None = None
-    builder: Callable[[], Any] | None = field(default=None, compare=False)  # in-process source
-    # source splits pooled, in this order, into the training pool (SVHN: train + extra); all required
-    train_splits: tuple[str, ...] = ("train",)
-    test_split: str | None = None  # None: the first of TEST_SPLITS present
-    # the protocol needs an unlabeled-only split (STL-10): stop when the source has none
-    requires_unlabeled: bool = False
-    # PIL filter that resizes images to --image-size (STL-10: bilinear 96 -> 32 px, as the release)
-    resample: str = "bicubic"
-
-
-@functools.cache  # the same in-memory Dataset for every load in a process
-def _digits_dataset() -> Any:
-    """scikit-learn's bundled 8x8 digits (1,797 images, offline) as a `datasets.Dataset`, 0..255 grayscale."""
-    import datasets
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    images = np.clip(np.rint(raw.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
-    )
-    return datasets.Dataset.from_dict(
-        {"image": list(images), "label": raw.target.astype(np.int64).tolist()}, features=features
-    )
-
-
-PRESETS: dict[str, Preset] = {
-    "cifar10": Preset(
-        "uoft-cs/cifar10", "img", "label",
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616),
-    ),
-    "cifar100": Preset(
-        "uoft-cs/cifar100", "img", "fine_label",
-        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-    ),
-    # the release pools train (73,257) + extra (531,131) before drawing the long-tailed subsets
-    "svhn": Preset(
-        "ufldl-stanford/svhn", "image", "label", config="cropped_digits",
-        mean=(0.4380, 0.4440, 0.4730), std=(0.1751, 0.1771, 0.1744),
-        train_splits=("train", "extra"), test_split="test",
-    ),
-    # train 5,000 / test 8,000 / unlabeled 100,000 (and folds train_0..9, unused); tanganke/stl10
-    # holds only train and test, so it cannot give the protocol's unlabeled set
-    "stl10": Preset(
-        "jxie/stl10", "image", "label",
-        mean=(0.4409, 0.4279, 0.3868), std=(0.2683, 0.2610, 0.2687),
-        test_split="test", requires_unlabeled=True, resample="bilinear",
-    ),
-    "digits": Preset(None, "image", "label", test_per_class=30, holdout_seed=0, builder=_digits_dataset),
-}  # fmt: skip
-
-
-def preset_env_var(name: str) -> str:
-    """`BACON_ZOO_CIFAR10` etc.: a local copy of a preset, used instead of the Hub id when set."""
-    return f"BACON_ZOO_{name.upper()}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,19 +477,6 @@ def _cache_key(
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shareable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_images(
     ds: Any,
     split: str,
@@ -598,7 +514,7 @@ def cached_images(
     with contextlib.suppress(
         OSError
     ):  # a read-only cache is not fatal: the next load decodes again
-        _save_npz_atomic(path, images=images, ok=ok)
+        atomic_write(path, lambda f: np.savez(f, images=images, ok=ok))
     return images, ok
 
 
@@ -724,7 +640,7 @@ def load_source(
     if test_per_class is not None and test_per_class < 1:
         raise UserError(f"--test-per-class must be positive, got {test_per_class}")
     # a preset name wins over a same-named folder: write ./name for the folder
-    preset = PRESETS.get(dataset.lower())
+    preset = preset_of(dataset)
     path = Path(dataset).expanduser()
     local: Path | None = None
     if preset is not None:
@@ -766,6 +682,8 @@ def load_source(
     image_column, label_column = _find_columns(first, image_column, label_column, local)
 
     names = _class_names(first, label_column)
+    if names is None and preset is not None and preset.class_names:
+        names = list(preset.class_names)  # plain integer labels: the record names the classes
     skipped: dict[str, int] = {}
     first_skipped: list[str] = []
 

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import atomic_write_text
 
 # 2: adds labeled_origins / unlabeled_origins (format-1 files still load, with those empty)
 SPLIT_FORMAT = 2
@@ -253,7 +253,7 @@ class Split:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + os.replace) so a crash never leaves half a split."""
-        write_text_atomic(Path(path), json.dumps(self.to_dict()))
+        atomic_write_text(Path(path), json.dumps(self.to_dict()))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Split:
@@ -326,17 +326,3 @@ def origin_counts(
         return {}
     counts = np.bincount(np.asarray(origin)[idx], minlength=len(origin_names))
     return {name: int(c) for name, c in zip(origin_names, counts) if c}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file through a temp file in the same folder and os.replace (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -18,13 +18,13 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bacon_zoo.data.presets import dataset_slug, dataset_title, preset_of
 from bacon_zoo.errors import UserError
 from bacon_zoo.fileio import read_json, read_jsonl
 from bacon_zoo.hub.names import (
     NET_CONFIG,
     PLOT,
     RECIPE,
-    dataset_slug,
     needs_bacon_zoo,
     setting_string,
 )
@@ -43,7 +43,6 @@ HEADS = {
     "abc": "the EMA model's ABC head h_a (the head ABC and BaCon evaluate)",
     "main": "the EMA model's main head h (the head FixMatch evaluates)",
 }
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10", "svhn": "SVHN"}
 # which code produced a run (config.yaml `protocol`; runs without the key predate it)
 PROTOCOLS = {
     PROTOCOL: "the release's protocol: USB's WRN, the release's weight-decay groups, its "
@@ -112,10 +111,9 @@ def _count(x: Any) -> str:
 
 def dataset_hub_id(dataset: str) -> str | None:
     """The Hub data set behind a preset name or a Hub id; None for local folders and in-process data."""
-    from bacon_zoo.data.sources import PRESETS
-
-    if dataset in PRESETS:
-        return getattr(PRESETS[dataset], "hub_id", None)
+    preset = preset_of(dataset)
+    if preset is not None:
+        return preset.hub_id
     if "/" in dataset and not Path(dataset).exists() and not dataset.startswith((".", "/", "~")):
         return dataset
     return None
@@ -125,17 +123,6 @@ def dataset_ref(dataset: str) -> str:
     """How a card names the data: its Hub id, else the preset's or the local folder's name (never a
     local path: it means nothing to a reader and leaks the trainer's file system)."""
     return dataset_hub_id(dataset) or dataset_slug(dataset)
-
-
-def _preset(dataset: str) -> Any:
-    from bacon_zoo.data.sources import PRESETS
-
-    return PRESETS.get(dataset.lower())
-
-
-def dataset_title(dataset: str) -> str:
-    slug = dataset_slug(dataset)
-    return DATASET_TITLES.get(slug, slug)
 
 
 def protocol_of(recipe: dict) -> str:
@@ -153,7 +140,7 @@ def eval_results(summary: dict, recipe: dict) -> list[EvalResult]:
     from huggingface_hub import EvalResult
 
     dataset = recipe["dataset"]
-    preset = _preset(dataset)
+    preset = preset_of(dataset)
     common = dict(
         task_type="image-classification",
         task_name="Class-imbalanced semi-supervised image classification",
@@ -385,7 +372,7 @@ def timm_data_args(recipe: dict | None) -> str:
     """The data arguments of timm's validate.py for a run's test set: a Hub data set timm's `hfds/`
     reader can open, else a folder of class sub-folders (`--data-dir`)."""
     dataset = (recipe or {}).get("dataset") or ""
-    preset, hub = _preset(dataset), dataset_hub_id(dataset)
+    preset, hub = preset_of(dataset), dataset_hub_id(dataset)
     image = (recipe or {}).get("image_column") or getattr(preset, "image_column", None)
     label = (recipe or {}).get("label_column") or getattr(preset, "label_column", None)
     if hub and not getattr(preset, "config", None) and image and label:
@@ -692,16 +679,3 @@ def build_imported_card(export_dir: Path, net: dict, hub_id: str | None = None) 
         "",
     ]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(L))
-
-
-def card_metrics(card_path: str | Path) -> dict[tuple[str, str], float]:
-    """{(metric_config, summary key): value} from a card's model-index (for checks and the zoo)."""
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(card_path)
-    by_type = {mtype: key for key, (mtype, _) in METRICS.items()}
-    return {
-        (r.metric_config, by_type[r.metric_type]): r.metric_value
-        for r in card.data.eval_results or []
-        if r.metric_type in by_type
-    }

@@ -7,11 +7,12 @@ CIFAR-10-LT with N1=1500, M1=3000, gamma_l=gamma_u=100, seed 0.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from bacon_zoo.data.presets import dataset_code, slug
+from bacon_zoo.fileio import sha256_file  # noqa: F401  (importers take it from here)
 
 # files of an export folder
 TIMM_WEIGHTS = "model.safetensors"
@@ -26,27 +27,7 @@ MANIFEST = (
 RECIPE = "recipe.yaml"
 EXPORT_FORMAT = 2
 
-# data set short codes for tags (timm tags are short: in1k, in22k_ft_in1k, ...)
-DATASET_CODES = {"cifar10": "c10", "cifar100": "c100", "stl10": "stl10", "svhn": "svhn"}
-
 _TAG_RE = re.compile(r"[a-z0-9][a-z0-9_]*")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
-def dataset_slug(dataset: str) -> str:
-    """`uoft-cs/cifar10` -> `cifar10`, `/data/my_set/` -> `my_set`: the data set part of a name."""
-    return slug(Path(dataset.rstrip("/")).name) or "data"
 
 
 def is_tag(tag: str) -> bool:
@@ -72,7 +53,7 @@ def setting_tag(
     `c10lt_n1500m3000g100u1` (gamma_u = 1, uniform unlabeled), `c10lt_n1500m3000g100r` (reversed
     unlabeled profile, same ratio), `stl10lt_n450mallg10` (M1 = all), a trailing `i`: labeled images
     also in the unlabeled set."""
-    code = DATASET_CODES.get(dataset_slug(dataset), dataset_slug(dataset))
+    code = dataset_code(dataset)  # the preset's short code (timm tags are short: in1k, ...)
     gamma = f"g{_num(imb_ratio_l)}"
     if float(imb_ratio_u) != float(imb_ratio_l):
         gamma += f"u{_num(imb_ratio_u)}"

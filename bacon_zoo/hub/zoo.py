@@ -18,7 +18,6 @@ private zoos).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -105,10 +104,7 @@ def load_index(path: Path | None = None) -> dict:
         return {"format": INDEX_FORMAT, "models": sorted(merged.values(), key=lambda e: e["name"])}
     if not path.is_file():
         return {"format": INDEX_FORMAT, "models": []}
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON (line {e.lineno}); fix or restore it") from None
+    index = read_json(path, "the zoo index", "fix or restore it")
     if not isinstance(index, dict) or not isinstance(index.get("models"), list):
         raise UserError(f'{path} must be {{"format": 1, "models": [...]}}; fix or restore it')
     return index

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from bacon_zoo.config import TrainConfig
+from bacon_zoo.data.presets import num_test_images
 from bacon_zoo.errors import UserError
 
-# Test-set sizes of the presets, for the evaluation share of a cell (unknown data sets count 0).
-TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "svhn": 26_032, "stl10": 8_000}
+# the `source` of a cell whose data set has no known test-set size (see `eval_images`)
+UNKNOWN_TEST_SIZE = "unknown: test-set size of the data set (set max_eval_samples)"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class CostFactor:
 
 @dataclass
 class CellCost:
-    """One cell's estimate. `source`: measured | flop-scaled | assumed | unknown (backbone not buildable)."""
+    """One cell's estimate. `source`: measured | flop-scaled | assumed | unknown (backbone not buildable)
+    | UNKNOWN_TEST_SIZE."""
 
     name: str
     backbone: str
@@ -96,8 +98,9 @@ def train_images(cfg: TrainConfig) -> float:
 
 
 def eval_images(cfg: TrainConfig) -> float:
-    """Images evaluated over a run (forward only)."""
-    per_eval = cfg.max_eval_samples or TEST_IMAGES.get(cfg.dataset, 0)
+    """Images evaluated over a run (forward only): `max_eval_samples`, else the preset's test-set
+    size; a UserError for a data set no preset describes (never counted as 0)."""
+    per_eval = cfg.max_eval_samples or num_test_images(cfg.dataset)
     return float(math.ceil(cfg.steps / cfg.eval_every) * per_eval)
 
 
@@ -126,10 +129,6 @@ def lpt_shards(costs: Sequence[float], n: int) -> list[list[int]]:
 
 def _finite(x: float) -> float:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else 0.0
-
-
-def shard_totals(costs: Sequence[float], shards: list[list[int]]) -> list[float]:
-    return [sum(_finite(costs[i]) for i in s) for s in shards]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +258,16 @@ def estimate_cell(
     measured: dict[tuple[str, int], float] | None = None,
     reference: Reference | None = None,
 ) -> CellCost:
-    """One cell's device-hours on one device (see the module docstring for the formula)."""
+    """One cell's device-hours on one device (see the module docstring for the formula). A data set
+    whose test-set size is unknown (no preset, no max_eval_samples) has no estimate: NaN, with
+    `source` saying why (shards count it as the median cell)."""
     measured = measured or {}
     reference = reference or pick_reference(measured)
-    images = cell_images(cfg)
+    try:
+        images = cell_images(cfg)
+    except UserError:
+        nan = math.nan
+        return CellCost(name, cfg.backbone, cfg.image_size, nan, nan, nan, nan, UNKNOWN_TEST_SIZE)
     try:
         factor = cost_factor(cfg.backbone, cfg.input_size or cfg.image_size, cfg.backbone_kwargs)
         work = images * factor.flops
@@ -307,7 +312,6 @@ __all__ = [
     "measured_throughput",
     "pick_reference",
     "shard_cells",
-    "shard_totals",
     "study_summaries",
     "train_images",
 ]
