@@ -1,4 +1,5 @@
-"""Shared test helpers: the `needs_cifar` skip and the path of the local CIFAR-10 copy."""
+"""Shared test helpers: the tiny run every end-to-end test trains (TINY_SETS, `tiny_sets`), the CLI
+in-process (`run_cli`), two CPU processes (`launch_two`), the `needs_cifar` skip."""
 
 from __future__ import annotations
 
@@ -39,6 +40,19 @@ TINY_SETS = (
     "log_every=2", "eval_batch_size=32", "bacon.start=0", "bacon.anchor_threshold=0",
     "bacon.bank_threshold=0", "abc.threshold=0",
 )  # fmt: skip
+
+
+def tiny_sets(*items: str, drop: tuple[str, ...] = ()) -> list[str]:
+    """TINY_SETS with `items` ("key=value") in place of the same keys or added, `drop` keys left out:
+    every test's tiny run is this one run with its differences spelled out."""
+    given = {s.split("=", 1)[0]: s for s in items}
+    keep = [s for s in TINY_SETS if s.split("=", 1)[0] not in {*given, *drop}]
+    return [*keep, *given.values()]
+
+
+def set_args(items) -> list[str]:
+    """`--set` arguments for "key=value" items."""
+    return [a for s in items for a in ("--set", str(s))]
 
 
 class CliResult:
@@ -89,10 +103,7 @@ def run_cli():
 
 def tiny_train_argv(out_dir, *extra_sets: str) -> list[str]:
     """`train` argv for a TINY_SETS run in out_dir; extra `--set` items win."""
-    argv = ["train", "--output-dir", str(out_dir)]
-    for s in (*TINY_SETS, *extra_sets):
-        argv += ["--set", s]
-    return argv
+    return ["train", "--output-dir", str(out_dir), *set_args(tiny_sets(*extra_sets))]
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from bacon_zoo.config import TrainConfig
 from bacon_zoo.errors import UserError
 from bacon_zoo.hub import cli as hub_cli
 from bacon_zoo.hub import zoo
-from bacon_zoo.hub.card import METRICS, card_metrics, contrastive_summary, never_engaged_note
+from bacon_zoo.hub.card import METRICS, contrastive_summary, never_engaged_note
 from bacon_zoo.hub.export import export_changes, export_run
 from bacon_zoo.hub.hubio import load_pretrained, predict, push, retry_command
 from bacon_zoo.hub.names import model_name, setting_string, setting_tag
@@ -46,6 +46,16 @@ MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 STEP = 20
 SIZE = 16  # small inputs keep the CPU forwards cheap (WRN pools globally)
 NAME = "wrn28_2.bacon_c10lt_n20m40g10_s3"  # the default name of the run below
+
+
+def card_metrics(card_path: Path) -> dict[tuple[str, str], float]:
+    """{(metric_config, summary key): value} of a card's model-index, read back by the Hub's parser."""
+    by_type = {mtype: key for key, (mtype, _) in METRICS.items()}
+    return {
+        (r.metric_config, by_type[r.metric_type]): r.metric_value
+        for r in ModelCard.load(card_path).data.eval_results or []
+        if r.metric_type in by_type
+    }
 
 
 def _tree_digest(folder: Path, skip: str | None = None) -> dict[str, str]:
@@ -678,21 +688,27 @@ def test_card_lists_this_runs_departures_from_the_release(exported, tmp_path):
 
 
 def test_readme_load_pretrained_snippet_runs_as_written(exported, tmp_path):
-    """`import bacon_zoo` then `bacon_zoo.hub.load_pretrained(...)`, as the README writes it, in a fresh
-    interpreter: only the hub id becomes a local export (offline)."""
-    readme = (ROOT / "README.md").read_text()
-    blocks = readme.split("```python\n")[1:]
-    block = next(b.split("```")[0] for b in blocks if "bacon_zoo.hub.load_pretrained(" in b)
-    lines = [
-        line
-        for line in block.splitlines()
-        if line.startswith("import bacon_zoo")
-        or ("bacon_zoo.hub.load_pretrained(" in line and "hf-hub:ORG/NAME" in line)
+    """`import bacon_zoo` then `bacon_zoo.hub.load_pretrained(...)`, as the README and the docs write
+    it, in a fresh interpreter: only the hub id becomes a local export (offline)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [
+        (page.name, b.split("```")[0])
+        for page in pages
+        for b in page.read_text().split("```python\n")[1:]
+        if 'bacon_zoo.hub.load_pretrained("hf-hub:ORG/NAME")' in b.split("```")[0]
     ]
-    assert lines[0].startswith("import bacon_zoo") and len(lines) >= 2, block
-    code = "\n".join(lines).replace("hf-hub:ORG/NAME", f"local-dir:{exported['out']}")
-    code += "\nprint('OK', type(model).__name__, tuple(data_cfg['input_size']))"
+    assert any(name == "export-and-hub.md" for name, _ in blocks), [name for name, _ in blocks]
     env = _hub_env(tmp_path, HF_HUB_OFFLINE="1") | {"PYTHONPATH": ""}
-    proc = _run_py(code, env)
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
-    assert f"(3, {SIZE}, {SIZE})" in proc.stdout
+    for name, block in blocks:
+        lines = [
+            line
+            for line in block.splitlines()
+            if line.startswith("import bacon_zoo")
+            or ("bacon_zoo.hub.load_pretrained(" in line and "hf-hub:ORG/NAME" in line)
+        ]
+        assert lines[0].startswith("import bacon_zoo") and len(lines) >= 2, (name, block)
+        code = "\n".join(lines).replace("hf-hub:ORG/NAME", f"local-dir:{exported['out']}")
+        code += "\nprint('OK', type(model).__name__, tuple(data_cfg['input_size']))"
+        proc = _run_py(code, env)
+        assert proc.returncode == 0 and "OK" in proc.stdout, (name, proc.stderr[-3000:])
+        assert f"(3, {SIZE}, {SIZE})" in proc.stdout, name

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import set_args, tiny_sets
 
 from bacon_zoo.config import TrainConfig, parse_set
 from bacon_zoo.errors import UserError
@@ -29,11 +30,10 @@ from bacon_zoo.study.grid import (
 from bacon_zoo.study.report import write_report
 from bacon_zoo.study.runner import cell_config, error_line, plan_study, write_study
 
-TINY = [
-    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
-    "batch_size=4", "mu=2", "steps=2", "eval_every=1", "checkpoint_every=2", "num_workers=0",
-    "max_eval_samples=40", "cpu=true", "mixed_precision=no", "export=false", "channels_last=false",
-]  # fmt: skip
+# the shared tiny run, 2 steps with an evaluation after each
+TINY = tiny_sets(
+    "steps=2", "eval_every=1", "checkpoint_every=2", "max_eval_samples=40", "channels_last=false"
+)
 
 
 @pytest.fixture
@@ -61,8 +61,8 @@ def study(*argv: str) -> int:
     return args.func(args)
 
 
-def tiny_sets(*skip: str) -> list[str]:
-    return [a for s in TINY if s.split("=")[0] not in skip for a in ("--set", s)]
+def tiny_args(*skip: str) -> list[str]:
+    return set_args(s for s in TINY if s.split("=")[0] not in skip)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_tiny_study_in_two_shards_reports_and_skips_finished_cells(
 ):
     out = tmp_path / "study"
     argv = ["run", "--grid", "algorithm=fixmatch,bacon", "--grid", "imb_ratio_l=5,10",
-            *tiny_sets("imb_ratio_l"), "--out", str(out)]  # fmt: skip
+            *tiny_args("imb_ratio_l"), "--out", str(out)]  # fmt: skip
     # two shards at once, as two machines (or a SLURM array) would run them: one per core
     other = subprocess.Popen(
         [sys.executable, "-c", STUDY_MAIN, *argv, "--shard", "1/2"],
@@ -273,7 +273,12 @@ def test_tiny_study_in_two_shards_reports_and_skips_finished_cells(
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"complete"}
     assert {r["imb_ratio_l"] for r in rows} == {"5", "10"}
-    assert all(float(r["params"]) > 0 and float(r["best_top1"]) >= 0 for r in rows)
+    for r in rows:  # every number is the cell's own: best top-1 over its evaluations, its params
+        cell = out / "cells" / r["cell"]
+        evals = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((cell / "summary.json").read_text())
+        assert len(evals) == 2 and float(r["best_top1"]) == round(max(e["top1"] for e in evals), 4)
+        assert int(r["params"]) == summary["params"] > 0
     report = (out / "report.md").read_text().splitlines()
     assert report[0].startswith("**Budget:** 2 steps × batch 4 labeled + 8 unlabeled (mu=2)")
     assert "1 process(es), precision no" in report[0] and "digits N1=20 M1=40" in report[0]
@@ -293,7 +298,7 @@ def test_tiny_study_in_two_shards_reports_and_skips_finished_cells(
 
 def test_failed_cell_is_reported_with_its_error(tmp_path, offline_single_thread, capsys):
     out = tmp_path / "study"
-    assert study("run", "--grid", "backbone=no_such_net", *tiny_sets(), "--out", str(out)) == 1
+    assert study("run", "--grid", "backbone=no_such_net", *tiny_args(), "--out", str(out)) == 1
     assert "FAILED" in capsys.readouterr().out
     run_dir = out / "cells" / "backbone=no_such_net__seed=0"
     assert (run_dir / "error.log").read_text().startswith("unknown backbone 'no_such_net'")
@@ -309,13 +314,13 @@ def test_failed_cell_is_reported_with_its_error(tmp_path, offline_single_thread,
 
 
 def test_lpt_puts_expensive_cells_on_different_shards_and_balances_totals():
-    from bacon_zoo.study.cost import lpt_shards, shard_totals
+    from bacon_zoo.study.cost import lpt_shards
 
     costs = [1.0, 16.0, 1.0, 1.0, 16.0, 2.6, 2.6, 1.0, 6.0]
     shards = lpt_shards(costs, 2)
     assert sorted(i for s in shards for i in s) == list(range(len(costs)))
     assert [1 in s for s in shards] != [4 in s for s in shards]  # the two 16s split
-    totals = shard_totals(costs, shards)
+    totals = [sum(costs[i] for i in s) for s in shards]
     assert max(totals) - min(totals) <= min(costs)  # balanced to within the smallest cell
     round_robin = [sum(costs[i::2]) for i in range(2)]  # 26.6 vs 20.6
     assert max(totals) - min(totals) < max(round_robin) - min(round_robin)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_sets
 
 pytest.importorskip("submitit")
 psutil = pytest.importorskip("psutil")
@@ -21,11 +22,8 @@ from bacon_zoo.study.executors import submit_study, submitit_executor, wait_jobs
 from bacon_zoo.study.report import TIMING_COLUMNS, write_report  # noqa: E402
 from bacon_zoo.study.runner import plan_study, run_study  # noqa: E402
 
-TINY = [
-    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
-    "batch_size=4", "mu=2", "eval_every=2", "checkpoint_every=2", "num_workers=0",
-    "max_eval_samples=40", "cpu=true", "mixed_precision=no", "export=false", "channels_last=false",
-]  # fmt: skip
+# the shared tiny run (6 steps), evaluated and checkpointed every 2
+TINY = tiny_sets("eval_every=2", "checkpoint_every=2", "max_eval_samples=40", "channels_last=false")
 
 # A stand-in cell: `python fake_cell.py train.py ... --output-dir D ... --resume`. It counts to 40 in
 # 50 ms steps, keeping its progress in D/progress; SIGTERM saves the progress and exits 143 like the
@@ -118,7 +116,7 @@ def test_real_cells_killed_and_requeued_match_the_subprocess_runner(tmp_path, mo
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     grid = {"algorithm": ["fixmatch", "abc", "bacon"]}
-    sets = [*TINY, "steps=6"]
+    sets = TINY
     ref = plan_study(tmp_path / "subprocess", grid=grid, sets=sets)
     outcome = run_study(ref, log=lambda m: None)
     assert len(outcome["trained"]) == 3, outcome

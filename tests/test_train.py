@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import launch_two
+from conftest import launch_two, set_args, tiny_sets
 from safetensors.torch import load_file
 
 from bacon_zoo.config import build_config
@@ -18,14 +18,7 @@ from bacon_zoo.errors import UserError
 from bacon_zoo.run.checkpoint import read_state
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
-    "batch_size=4", "mu=2", "steps=6", "eval_every=3", "checkpoint_every=3", "keep_checkpoints=3",
-    "num_workers=0", "max_eval_samples=60", "cpu=true", "mixed_precision=no", "export=false",
-    "log_every=2", "eval_batch_size=32",
-    # thresholds at 0 so that the banks fill and the contrastive term is active from step 0
-    "bacon.start=0", "bacon.anchor_threshold=0", "bacon.bank_threshold=0", "abc.threshold=0",
-]  # fmt: skip
+TINY = tiny_sets("keep_checkpoints=3")  # thresholds at 0: the BaCon term is active from step 0
 
 
 @pytest.fixture(autouse=True)
@@ -118,8 +111,8 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def _launch2(script: Path, out: Path, *extra: str, env: dict | None = None):
-    sets = [a for s in TINY if not s.startswith(("cpu=", "max_eval")) for a in ("--set", s)]
-    args = ["--cpu", *sets, "--set", "max_eval_samples=61", "--output-dir", str(out), *extra]
+    sets = set_args(tiny_sets("keep_checkpoints=3", "max_eval_samples=61", drop=("cpu",)))
+    args = ["--cpu", *sets, "--output-dir", str(out), *extra]
     return launch_two(script, *args, env=env)
 
 
@@ -165,7 +158,7 @@ def test_two_processes_count_every_test_image_once_and_stop_together(tmp_path):
 def test_bad_input_gives_one_line(tmp_path, args, message, run_cli):
     argv = [
         "train",
-        *[a for s in TINY for a in ("--set", s)],
+        *set_args(TINY),
         "--output-dir",
         tmp_path / "r",
         *args,
