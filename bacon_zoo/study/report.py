@@ -379,11 +379,16 @@ def _label(values: dict[str, Any], keys: list[str]) -> str:
     return "\n".join(parts) or "all"
 
 
+def _mean_err(stats: tuple) -> tuple[float, float]:
+    """(mean, error bar) of a grid point's (mean, std, n): no bar from a single seed."""
+    return stats[0], stats[1] if stats[2] > 1 else 0.0
+
+
 def plot_bars(
     points: list[dict], axes: dict[str, list], metric: str, ylabel: str, title: str, path: Path
 ) -> None:
     """Grouped bars: one group per grid point of the non-hue axes, one bar per algorithm/variant."""
-    from matplotlib.figure import Figure
+    from bacon_zoo.analysis.plots import plot_study_bars
 
     hue = _hue_axis(axes)
     xkeys = [a for a in axes if a != hue and len(axes[a]) > 1]  # a one-value axis labels nothing
@@ -395,28 +400,16 @@ def plot_bars(
         if x not in xs:
             xs.append(x)
         table[(x, format_value(p["values"][hue]) if hue else "")] = p[metric]
-    width = 0.8 / len(hues)
-    chars = max(len(line) for x in xs for line in x.split("\n"))
-    per_group = max(0.45 * len(hues) + 0.5, 0.085 * chars)
-    fig = Figure(figsize=(max(6.0, 1.5 + len(xs) * per_group), 4.2))
-    ax = fig.add_subplot()
-    for j, h in enumerate(hues):
-        stats = [table.get((x, h), (math.nan, math.nan, 0)) for x in xs]
-        pos = [i - 0.4 + width * (j + 0.5) for i in range(len(xs))]
-        means = [s[0] for s in stats]
-        errs = [s[1] if s[2] > 1 else 0.0 for s in stats]
-        ax.bar(pos, means, width, yerr=errs if any(errs) else None, capsize=3, label=h or None)
-    rotate = len(xs) > 3 and any(len(x) > 12 and "\n" not in x for x in xs)
-    ax.set_xticks(
-        range(len(xs)), xs, rotation=30 if rotate else 0, ha="right" if rotate else "center"
+    bars = {h: [_mean_err(table.get((x, h), (math.nan, math.nan, 0))) for x in xs] for h in hues}
+    plot_study_bars(
+        xs,
+        {h: [m for m, _ in b] for h, b in bars.items()},
+        path,
+        errors={h: [e for _, e in b] for h, b in bars.items()},
+        ylabel=ylabel,
+        title=title,
+        legend_title=hue,
     )
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    if hue:
-        ax.legend(title=hue, fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> bool:
@@ -424,8 +417,7 @@ def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> boo
     ratio = next((a for a in axes if "imb_ratio_l" in axis_keys(a)), None)
     if ratio is None:
         return False
-    from matplotlib import rcParams
-    from matplotlib.figure import Figure
+    from bacon_zoo.analysis.plots import Curve, plot_vs_imbalance
 
     hue = _hue_axis(axes)
     rest = [a for a in axes if a not in (ratio, hue) and len(axes[a]) > 1]
@@ -439,38 +431,25 @@ def plot_imbalance(points: list[dict], axes: dict[str, list], path: Path) -> boo
         )
         lines.setdefault(key, []).append((float(v[ratio]), p["best_top1"]))
     hues = [format_value(h) for h in axes[hue]] if hue else [""]
-    colors = rcParams["axes.prop_cycle"].by_key()["color"]
-    fig = Figure(figsize=(8.0, 4.2))
-    ax = fig.add_subplot()
+    curves = []
     for (h, other, reverse), pts in lines.items():
-        pts.sort()
         label = ", ".join(
             s for s in (h, other if other != "all" else "", "reversed" if reverse else "") if s
         )
         if "reverse_u" in axes and not reverse:
             label += ", consistent"
-        ax.errorbar(
-            [x for x, _ in pts],
-            [s[0] for _, s in pts],
-            yerr=[s[1] if s[2] > 1 else 0.0 for _, s in pts],
-            color=colors[hues.index(h) % len(colors)] if h in hues else None,
-            linestyle="--" if reverse else "-",
-            marker="o",
-            capsize=3,
-            label=label.strip(", ") or None,
+        bars = [_mean_err(stats) for _, stats in pts]
+        curves.append(
+            Curve(
+                label.strip(", "),
+                x=[x for x, _ in pts],
+                y=[m for m, _ in bars],
+                err=[e for _, e in bars],
+                color=hues.index(h) if h in hues else None,
+                dashed=reverse,
+            )
         )
-    ticks = sorted({float(v) for v in axes[ratio]})
-    ax.set_xscale("log")
-    ax.set_xticks(ticks, [_num(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel(f"labeled imbalance ratio ({ratio})")
-    ax.set_ylabel("top-1 (best), %")
-    ax.set_title("Top-1 against imbalance, mean ± std over seeds", fontsize=10)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    plot_vs_imbalance(curves, path, xticks=axes[ratio], xlabel=f"labeled imbalance ratio ({ratio})")
     return True
 
 
@@ -479,7 +458,7 @@ def make_plots(points: list[dict], axes: dict[str, list], out: Path) -> list[str
     if not any(p["complete"] for p in points):
         return []
     try:
-        import matplotlib  # noqa: F401
+        import bacon_zoo.analysis.plots  # noqa: F401  (the `plots` extra: matplotlib)
     except ImportError:
         return []
     note = "mean ± std over seeds"
