@@ -141,13 +141,15 @@ def test_each_range_rejects_its_bounds_and_names_the_field(key):
 
 
 def _is_int_field(key: str) -> bool:
-    from bacon_zoo.config import get_dotted
+    """The field's declared type is int (or int | None), from the dataclass hints."""
+    from typing import get_args, get_type_hints
 
-    return isinstance(get_dotted(TrainConfig(), key), int) or key in (
-        "m1",
-        "test_per_class",
-        "max_eval_samples",
-    )
+    cls: type = TrainConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = get_type_hints(cls)[section]
+    typ = get_type_hints(cls)[name]
+    return typ is int or int in get_args(typ)
 
 
 @pytest.mark.parametrize(
