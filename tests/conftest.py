@@ -133,12 +133,22 @@ def launch_two(script: str | Path, *args: str, env: dict | None = None, timeout:
     )
 
 
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny forwards: one thread avoids OpenMP stalls on a shared 2-core machine (2 s -> 20 ms)."""
-    import torch
+    yield from _torch_threads(1)
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def two_torch_threads():
+    """Larger forwards (a module's full-size backbones): two threads, for that module only."""
+    yield from _torch_threads(2)

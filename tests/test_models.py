@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 from timm.models import save_for_hf
 
-import bacon_zoo.models as models
 from bacon_zoo.errors import UserError
 from bacon_zoo.models import (
     BaconNet,
@@ -18,7 +17,7 @@ from bacon_zoo.models import (
     plain_timm_spec,
 )
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 SMALL = [
     "wrn28_2",
@@ -328,11 +327,6 @@ def test_pretrained_loads_parent_weights(monkeypatch, name, source):
         "head.bias",
     }
     assert m(batch()).shape == (2, 10)
-
-
-def test_models_package_reexports():
-    assert models.create_backbone is create_backbone and models.BaconNet is BaconNet
-    assert models.plain_timm_spec is plain_timm_spec
 
 
 def test_plain_timm_spec_structure():
