@@ -289,3 +289,24 @@ def test_lora_targets_must_match():
 
     with pytest.raises(UserError, match="matches no linear layer"):
         build_model(TrainConfig(backbone="resnet18_cifar", lora_rank=4), 10)
+
+
+def test_ema_with_batched_buffer_copy_equals_timms():
+    """train.ema.ModelEma (one foreach copy for the buffers) = timm's ModelEmaV3 update, exactly."""
+    from timm.utils import ModelEmaV3
+
+    from bacon_zoo.train.ema import ModelEma
+
+    torch.manual_seed(0)
+    net = BaconNet("wrn28_2", 10)
+    ours = ModelEma(net, decay=0.9, use_warmup=True, exclude_buffers=True)
+    ref = ModelEmaV3(net, decay=0.9, use_warmup=True, exclude_buffers=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(3):
+        net(torch.randn(4, 3, 32, 32)).logits.mean().backward()  # BN statistics move too
+        opt.step()
+        opt.zero_grad()
+        ours.update(net, step=step)
+        ref.update(net, step=step)
+    a, b = ours.module.state_dict(), ref.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -93,16 +93,29 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     return [g for g in groups + heads if g["params"]]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """`timm.optim.create_optimizer_v2` on `param_groups`; SGD honours `momentum` / `nesterov`."""
+# torch optimizers with a fused CUDA kernel (one launch for all parameters)
+FUSED_CUDA = ("sgd", "momentum", "adam", "adamw")
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """`timm.optim.create_optimizer_v2` on `param_groups`; SGD honours `momentum` / `nesterov`.
+
+    Multi-tensor (`foreach`) everywhere: on the CPU it gives the single-tensor loop's values exactly
+    (tests/test_finetune.py) in a few calls; on CUDA the fused kernel where torch has one (the
+    parameters must already be on `device`).
+    """
     check_optimizer(cfg.opt)
     groups = param_groups(model, cfg)
     opt = cfg.opt.lower()
     if opt == "sgd":  # timm's "sgd" is Nesterov; "momentum" is plain heavy-ball
         opt = "sgd" if cfg.nesterov else "momentum"
+    fused = device is not None and torch.device(device).type == "cuda" and opt in FUSED_CUDA
     optimizer = create_optimizer_v2(
-        groups, opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
-    )
+        groups, opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+        **({"fused": True} if fused else {"foreach": True}),
+    )  # fmt: skip
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
     return optimizer

@@ -31,7 +31,6 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-from timm.utils import ModelEmaV3
 from torch import Tensor
 
 from bacon_zoo.algorithms import Algorithm, create_algorithm
@@ -51,6 +50,7 @@ from bacon_zoo.run.checkpoint import (
 )
 from bacon_zoo.run.lock import RunLock
 from bacon_zoo.train.diagnostics import TrainingDiagnostics
+from bacon_zoo.train.ema import ModelEma
 from bacon_zoo.train.evaluate import evaluate
 from bacon_zoo.train.optim import check_optimizer, lr_lambda, make_optimizer
 from bacon_zoo.train.precision import device_name, resolve_precision
@@ -133,7 +133,7 @@ class StepParts:
     algo: Algorithm
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ModelEmaV3
+    ema: ModelEma
     accelerator: Accelerator
     total_steps: int
     channels_last: bool = False
@@ -145,14 +145,16 @@ def make_step_parts(
 ) -> StepParts:
     """The model (channels_last, compiled, `prepare`d), the release's SGD groups, the LR schedule and
     timm's EMA (parameters averaged, buffers copied, as in USB): what `train_step` needs."""
+    # on the device before the optimizer: CUDA's fused optimizers check where the parameters live
+    model = model.to(accelerator.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema = ModelEmaV3(
+    ema = ModelEma(
         accelerator.unwrap_model(model),
         decay=cfg.ema_decay,
         use_warmup=cfg.ema_warmup,
