@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
-from conftest import ROOT, _run_cli, tiny_train_argv
+from conftest import ROOT, TINY_SETS, _run_cli, tiny_train_argv
 from safetensors.torch import load_file, save_file
 
 from bacon_zoo.errors import UserError
@@ -250,7 +249,7 @@ def _train_subprocess(out: Path, *sets: str) -> subprocess.Popen:
     )
 
 
-def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 600) -> None:
     t0 = time.monotonic()
     while not cond():
         assert proc.poll() is None, proc.communicate()
@@ -258,6 +257,20 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+def test_a_lock_whose_holder_was_killed_is_taken_over(tmp_path, capsys):
+    code = "import os, sys; from bacon_zoo.run.lock import RunLock; RunLock(sys.argv[1]).acquire(); os.kill(os.getpid(), 9)"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True)
+    assert r.returncode == -signal.SIGKILL, r
+    holder = (tmp_path / LOCK_FILE).read_text()
+    pid = int(holder.split("pid=")[1].split()[0])
+    with RunLock(tmp_path):
+        assert f"pid={os.getpid()}" in (tmp_path / LOCK_FILE).read_text()
+    assert f"taking over the lock of pid {pid} on " in capsys.readouterr().err
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+
+
+@pytest.mark.slow  # two real trainers: seconds alone, minutes on a loaded 2-core machine
 def test_two_trainers_one_output_dir_and_a_stale_lock(tmp_path):
     """A second `train` into a directory being trained stops in one line naming the holder; the first
     finishes intact; a lock whose holder was SIGKILLed is taken over on --resume."""
@@ -329,7 +342,10 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(
     )
     errors = [x for x in r.err.splitlines() if "error:" in x]
     assert r.code == 2 and len(errors) == 1, r
-    assert "NaN or infinite by step 6" in errors[0] and "its last checkpoint, step_0000003, is kept" in errors[0]
+    assert (
+        "NaN or infinite by step 6" in errors[0]
+        and "its last checkpoint, step_0000003, is kept" in errors[0]
+    )
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000003"]
     assert not (run / "summary.json").exists() and not (run / "export").exists()
     assert (run / LOCK_FILE).read_text() == ""  # the lock was released
@@ -432,9 +448,55 @@ def test_out_of_range_pixels_are_refused_with_the_image_named():
     assert _to_rgb(np.full((2, 2), 200, dtype=np.int64), 2).max() == 200  # 0..255 stays as it is
 
 
-def test_the_lock_file_is_released_when_train_fails(tmp_path):
+def test_run_lock_refuses_a_second_holder_in_the_same_process(tmp_path):
     with pytest.raises(UserError), RunLock(tmp_path), RunLock(tmp_path):
         pass
     with RunLock(tmp_path):  # the first was released by the exception
         pass
-    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.slow  # a study and its cell start up: about a minute on a loaded 2-core machine
+def test_a_killed_study_takes_its_cell_with_it(tmp_path):
+    """SIGKILL of `study run` used to leave its training cell running as an orphan (and a re-run
+    trained it again beside it): the cell now gets SIGTERM, checkpoints and ends."""
+    out = tmp_path / "study"
+    long = ("steps=100000", "eval_every=100000", "checkpoint_every=100000")
+    keys = {s.split("=")[0] for s in long}
+    kept = [s for s in TINY_SETS if s.split("=")[0] not in keys]
+    sets = [a for s in (*kept, *long) for a in ("--set", s)]
+    argv = [sys.executable, "-m", "bacon_zoo.cli", "study", "run", "--grid", "algorithm=fixmatch",
+            *sets, "--out", str(out)]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    runner = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = None
+    try:
+        lock = out / "cells" / "algorithm=fixmatch__seed=0" / LOCK_FILE
+        metrics = lock.parent / "stdout.log"
+        _wait_for(
+            lambda: lock.is_file() and "pid=" in lock.read_text() and metrics.is_file(), runner
+        )
+        cell = int(lock.read_text().split("pid=")[1].split()[0])
+        runner.kill()
+        runner.wait(timeout=30)
+        t0 = time.monotonic()
+        while _alive(cell):
+            assert time.monotonic() - t0 < 300, "the cell outlived its study"
+            time.sleep(0.2)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        if cell is not None and _alive(cell):  # the bug: don't leave it training after the test
+            os.kill(cell, signal.SIGKILL)
+    assert lock.read_text() == ""  # it stopped cleanly (released its lock)
+    assert [p.name for p in (lock.parent / "checkpoints").iterdir() if p.name.startswith("step_")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False

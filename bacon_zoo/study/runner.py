@@ -18,6 +18,7 @@ progress checkpointed (resumable, never "failed"); anything else = failed (error
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -390,6 +391,23 @@ class _Running:
             return self.proc.returncode, f.read()
 
 
+def _die_with_parent(prctl: Any, parent: int) -> None:
+    prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the parent dies
+    if os.getppid() != parent:  # the study died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _die_with_study() -> Any:
+    """The `preexec_fn` of a cell on Linux (None elsewhere): the cell gets SIGTERM when the study
+    process dies, even by SIGKILL, so no cell trains on as an orphan beside a re-run (it checkpoints
+    and exits 143). libc is looked up here, in the study, not in the forked child."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return functools.partial(_die_with_parent, ctypes.CDLL(None).prctl, os.getpid())
+
+
 def start_cell(
     cell: Cell, cmd: list[str], run_dir: Path, env: dict[str, str] | None = None
 ) -> _Running:
@@ -412,6 +430,7 @@ def start_cell(
             stderr=err,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_study(),
             env={**os.environ, **env} if env else None,
         )
     except OSError as e:  # the launcher itself is wrong: every cell would fail the same way
