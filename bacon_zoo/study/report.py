@@ -91,6 +91,8 @@ def gather(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             text = (run_dir / "error.log").read_text(errors="replace")
             row["error"] = (text.splitlines() or [""])[0]
         row["_config"] = _read_config(run_dir)
+        if summary:
+            row |= _from_metrics(run_dir, summary.get("best_step"))
         row["_summary"] = summary or {}
         row.setdefault("steps", row["_config"].get("steps"))
         rows.append(row)
@@ -518,7 +520,11 @@ def write_report(study_dir: str | Path) -> Path:
         "",
         *points_table(points, axes),
     ]
-    gains = gains_table(points, axes)
+    # a study over variants compares cells by what they trained (their config's backbone / algorithm)
+    gain_rows, gain_axes = (
+        (rows, axes) if {"algorithm", "backbone"} <= set(axes) else config_axes(rows)
+    )
+    gains = gains_table(grid_points(gain_rows, gain_axes), gain_axes)
     if gains:
         md += [
             "",
@@ -529,6 +535,29 @@ def write_report(study_dir: str | Path) -> Path:
             "are the BaCon cells' means.",
             "",
             *gains,
+        ]
+    per_class = per_class_table(points, axes)
+    if per_class:
+        md += [
+            "",
+            "## Per class",
+            "",
+            "Accuracy per class at each cell's best evaluation, mean over the complete seeds, in %; "
+            "classes from head to tail (labeled images per class in brackets).",
+            "",
+            *per_class,
+        ]
+    term = bacon_term_table(rows, axes)
+    if term:
+        md += [
+            "",
+            "## BaCon's contrastive term",
+            "",
+            "How much L_con worked in each cell with BaCon's term, from the diagnostics of every "
+            "evaluation window: the steps on which it had at least one anchor (of the steps after "
+            "`bacon.start`), and the mean anchors and valid class centres on those steps.",
+            "",
+            *term,
         ]
     md += ["", "## Cost", "", *cost_lines(rows, axes)]
     plots = make_plots(points, axes, study_dir)
@@ -554,6 +583,97 @@ def write_report(study_dir: str | Path) -> Path:
     path = study_dir / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# per class and BaCon's term (from each complete cell's metrics.jsonl and data.json)
+
+
+def _from_metrics(run_dir: Path, best_step: int | None) -> dict[str, Any]:
+    """The per-class accuracy of the best evaluation, the class names and labeled counts, and the
+    contrastive term's totals over every evaluation window."""
+    run = RunDir(run_dir)
+    records = run.read_metrics()
+    best = next((r for r in records if r.get("step") == best_step), records[-1] if records else {})
+    data = run.read_data() if run.data_path.is_file() else {}
+    steps = sum(int(r.get("diagnostics", {}).get("con_steps") or 0) for r in records)
+
+    def mean_of(key: str) -> float | None:
+        pairs = [
+            (int(d.get("con_steps") or 0), d.get(key))
+            for d in (r.get("diagnostics", {}) for r in records)
+        ]
+        pairs = [(n, v) for n, v in pairs if n and v is not None]
+        return sum(n * v for n, v in pairs) / sum(n for n, _ in pairs) if pairs else None
+
+    return {
+        "_per_class": best.get("per_class"),
+        "_class_names": data.get("class_names"),
+        "_labeled_counts": data.get("labeled_counts"),
+        "con_steps": steps,
+        "con_anchors": mean_of("con_anchors"),
+        "con_centers": mean_of("con_centers"),
+    }
+
+
+def config_axes(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """The rows with `backbone` and `algorithm` read from each cell's config, and those two axes."""
+    axes: dict[str, list] = {"backbone": [], "algorithm": []}
+    out = []
+    for row in rows:
+        row = dict(row) | {a: row["_config"].get(a) for a in axes}
+        for a in axes:
+            if row[a] is not None and row[a] not in axes[a]:
+                axes[a].append(row[a])
+        out.append(row)
+    return out, axes
+
+
+def per_class_table(points: list[dict], axes: dict[str, list]) -> list[str]:
+    """Grid points x classes (head to tail), mean per-class accuracy at the best evaluation."""
+    rows = [r for p in points for r in p["complete"] if r.get("_per_class")]
+    if not rows:
+        return []
+    names, counts = rows[0].get("_class_names"), rows[0].get("_labeled_counts")
+    k = len(rows[0]["_per_class"])
+    names = names if names and len(names) == k else [str(i) for i in range(k)]
+    order = sorted(range(k), key=lambda c: -(counts[c] if counts and len(counts) == k else 0))
+    header = [*axes, "seeds"] + [
+        f"{names[c]} ({counts[c]})" if counts and len(counts) == k else names[c] for c in order
+    ]
+    lines = []
+    for p in points:
+        have = [r["_per_class"] for r in p["complete"] if r.get("_per_class")]
+        if not have:
+            continue
+        means = [sum(pc[c] for pc in have) / len(have) for c in order]
+        lines.append(
+            [format_value(p["values"][a]) for a in axes]
+            + [str(len(have))]
+            + [f"{m:.1f}" for m in means]
+        )
+    return _table(header, lines)
+
+
+def bacon_term_table(rows: list[dict[str, Any]], axes: dict[str, list]) -> list[str]:
+    """One line per complete cell with BaCon's term: engaged steps, anchors, valid centres."""
+    lines = []
+    for r in rows:
+        cfg = r["_config"]
+        algorithm = cfg.get("algorithm") or r.get("algorithm")
+        if r["status"] != "complete" or not algorithm or not _with_bacon(str(algorithm)):
+            continue
+        steps = int(r.get("steps") or cfg.get("steps") or 0)
+        start = float((cfg.get("bacon") or {}).get("start", 0.5))
+        after = steps - int(start * steps)
+        anchors, centers = r.get("con_anchors"), r.get("con_centers")
+        lines.append(
+            [format_value(r.get(a)) for a in axes]
+            + [str(r["seed"]), f"{r.get('con_steps', 0)} / {after}"]
+            + [f"{x:.1f}" if isinstance(x, (int, float)) else "—" for x in (anchors, centers)]
+        )
+    header = [*axes, "seed", "steps with L_con / after start", "anchors", "valid centres"]
+    return _table(header, lines) if lines else []
 
 
 __all__ = [
