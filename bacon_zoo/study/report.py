@@ -597,6 +597,8 @@ def _from_metrics(run_dir: Path, best_step: int | None) -> dict[str, Any]:
     best = next((r for r in records if r.get("step") == best_step), records[-1] if records else {})
     data = run.read_data() if run.data_path.is_file() else {}
     steps = sum(int(r.get("diagnostics", {}).get("con_steps") or 0) for r in records)
+    # an algorithm with BaCon's term logs con_* diagnostics (train/diagnostics.py), others do not
+    has_term = any("con_steps" in r.get("diagnostics", {}) for r in records)
 
     def mean_of(key: str) -> float | None:
         pairs = [
@@ -610,6 +612,7 @@ def _from_metrics(run_dir: Path, best_step: int | None) -> dict[str, Any]:
         "_per_class": best.get("per_class"),
         "_class_names": data.get("class_names"),
         "_labeled_counts": data.get("labeled_counts"),
+        "_has_term": has_term,
         "con_steps": steps,
         "con_anchors": mean_of("con_anchors"),
         "con_centers": mean_of("con_centers"),
@@ -656,12 +659,12 @@ def per_class_table(points: list[dict], axes: dict[str, list]) -> list[str]:
 
 
 def bacon_term_table(rows: list[dict[str, Any]], axes: dict[str, list]) -> list[str]:
-    """One line per complete cell with BaCon's term: engaged steps, anchors, valid centres."""
+    """One line per complete cell with BaCon's term (it logged con_* diagnostics): engaged steps,
+    anchors, valid centres."""
     lines = []
     for r in rows:
         cfg = r["_config"]
-        algorithm = cfg.get("algorithm") or r.get("algorithm")
-        if r["status"] != "complete" or not algorithm or not _with_bacon(str(algorithm)):
+        if r["status"] != "complete" or not r.get("_has_term"):
             continue
         steps = int(r.get("steps") or cfg.get("steps") or 0)
         start = float((cfg.get("bacon") or {}).get("start", 0.5))
