@@ -409,8 +409,8 @@ CASES = [
     # precision (17.4) and backbones (17.5)
     ("fp16_on_cpu", _train("--mixed-precision", "fp16"), "fp16"),
     ("unknown_backbone", _train("--backbone", "wrn28-2"), "wrn28_2"),
-    ("vit_at_16px", _train("--backbone", "vit_tiny_patch4_32", "--image-size", "16"), "image size"),
-    ("convnext_at_8px", _train("--backbone", "convnext_atto"), "image size"),
+    ("vit_at_16px", _train("--backbone", "vit_tiny_patch4_32", "--image-size", "16"), "input size"),
+    ("convnext_at_8px", _train("--backbone", "convnext_atto"), "input size"),
     # data (17.6)
     ("corrupt_image", corrupt_image, "broken.png"),
     ("empty_folder", empty_folder, "no images or supported data files"),
@@ -452,7 +452,7 @@ CASES = [
     ("topk_above_classes", _train("--set", "bacon.topk=11"), "bacon.topk 11 is above the number of classes (10)"),
     ("batch_above_labeled_set", _train("--batch-size", "500"), "is more than the labeled set (96 images)"),
     ("image_size_too_big", _train("--image-size", "4096"), "GiB of activations"),
-    ("diverging_lr", diverging_lr, "the training loss became NaN or infinite"),
+    ("diverging_lr", diverging_lr, "the training loss or weights became NaN or infinite"),
     ("full_disk_checkpoint", full_disk_at_second_checkpoint, "no space left on the device while writing checkpoint step_0000006"),
     ("export_read_only_run", export_read_only_run, "is read-only"),
     ("analyze_read_only_out", analyze_read_only_out, "is read-only"),

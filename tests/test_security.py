@@ -324,29 +324,24 @@ def test_two_trainers_one_output_dir_and_a_stale_lock(tmp_path):
 # ---- 4. no silent garbage
 
 
-def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(
-    tmp_path, monkeypatch
-):
-    from bacon_zoo.algorithms.fixmatch import FixMatch
-
-    original = FixMatch.loss
-
-    def loss(self, out, batch, step, total_steps):
-        value, logs = original(self, out, batch, step, total_steps)
-        return (value * float("nan") if step >= 4 else value), logs
-
-    monkeypatch.setattr(FixMatch, "loss", loss)
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
-    r = _run_cli(
-        tiny_train_argv(run, "algorithm=fixmatch", "steps=9", "checkpoint_every=3", "log_every=3")
-    )
+    r = _run_cli(tiny_train_argv(run, "lr=1e6", "steps=12", "checkpoint_every=1", "log_every=2"))
     errors = [x for x in r.err.splitlines() if "error:" in x]
     assert r.code == 2 and len(errors) == 1, r
-    assert (
-        "NaN or infinite by step 6" in errors[0]
-        and "its last checkpoint, step_0000003, is kept" in errors[0]
-    )
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000003"]
+    assert "the training loss or weights became NaN or infinite by step " in errors[0], errors
+    stopped = int(errors[0].split("by step ")[1].split(":")[0])
+    kept = sorted(p for p in (run / "checkpoints").glob("step_*"))
+    assert kept and all(int(p.name[5:]) < stopped for p in kept)  # nothing saved after the loss went bad
+    for ckpt in kept:
+        assert verify_checkpoint(ckpt) is None
+        tensors = [
+            *load_file(ckpt / "model.safetensors").values(),
+            *read_state(ckpt)["ema"].values(),
+        ]
+        assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()), ckpt
+    last = f"its last checkpoint, {kept[-1].name}, is kept" if kept else "it saved no checkpoint"
+    assert last in errors[0]
     assert not (run / "summary.json").exists() and not (run / "export").exists()
     assert (run / LOCK_FILE).read_text() == ""  # the lock was released
 
@@ -500,3 +495,11 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_output_dir_tilde_is_expanded_and_an_empty_one_refused():
+    from bacon_zoo.config import build_config
+
+    assert build_config(None, {"output_dir": "~/x"}).output_dir == str(Path.home() / "x")
+    with pytest.raises(UserError, match="output_dir is empty"):
+        build_config(None, {"output_dir": " "})

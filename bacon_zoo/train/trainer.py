@@ -472,16 +472,27 @@ def _hold_run_lock(accelerator: Accelerator, run: RunDir, held: contextlib.ExitS
 
 
 def _stop_if_diverged(
-    accelerator: Accelerator, log_sums: dict[str, Tensor], step: int, run: RunDir
+    accelerator: Accelerator,
+    log_sums: dict[str, Tensor],
+    step: int,
+    run: RunDir,
+    model: torch.nn.Module | None = None,
 ) -> None:
-    """Stop in one line when the loss summed since the last check is NaN or infinite (on any rank).
+    """Stop in one line when the loss summed since the last check is NaN or infinite (on any rank),
+    or, with `model` (before a checkpoint), when a weight is: a step's loss is computed before its
+    update, so the weights can go bad one step before the loss shows it.
 
     Called at each log window and before each checkpoint, so a diverged state is never saved: one
     host sync there, none per step.
     """
-    if "loss" not in log_sums:
-        return
-    bad = (~torch.isfinite(log_sums["loss"])).float()
+    loss = log_sums.get("loss")
+    bad = torch.zeros((), device=accelerator.device)
+    if loss is not None:
+        bad = bad + (~torch.isfinite(loss)).float()
+    if model is not None:
+        state = [t for t in model.state_dict().values() if t.is_floating_point()]  # + BN stats
+        finite = torch.stack([t.isfinite().all() for t in state]).all()
+        bad = bad + (~finite).float()
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, "sum")
     if not bad.item():
@@ -489,8 +500,9 @@ def _stop_if_diverged(
     kept = run.checkpoints()
     last = f"its last checkpoint, {kept[-1].name}, is kept" if kept else "it saved no checkpoint"
     raise UserError(
-        f"the training loss became NaN or infinite by step {step}: the run diverged and stopped "
-        f"without saving; {last}. Lower --lr (or check the data) and train in a new --output-dir"
+        f"the training loss or weights became NaN or infinite by step {step}: the run diverged "
+        f"and stopped without saving; {last}. Lower --lr (or check the data) and train in a new "
+        "--output-dir"
     )
 
 
@@ -687,7 +699,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> TrainResult:
             finished = progress_state.step == cfg.steps
             stopping = not finished and stop.should_stop(progress_state.step)
             if progress_state.step % cfg.checkpoint_every == 0 or finished or stopping:
-                _stop_if_diverged(accelerator, log_sums, progress_state.step, run)
+                _stop_if_diverged(accelerator, log_sums, progress_state.step, run, model)
                 save_checkpoint(
                     accelerator, run.checkpoints_dir, progress_state.step, cfg.keep_checkpoints,
                     objects, run_record(fingerprint(cfg, ignore=("steps",))),
