@@ -2,7 +2,9 @@
 
 The uint8 images become NCHW torch tensors once, on `data_device` (default: the training device), and
 each batch's views are made there in one go (`bacon_zoo.data.views`), then copied to `device` (pinned,
-non-blocking) when the two differ. Nothing in a step waits on the device (no `.item()`, no `.cpu()`).
+non-blocking) when the two differ. Nothing in a step waits on the device: no value is read back, every
+shape is fixed, and the only host data, this step's image indices, travel in one pinned non-blocking
+copy (`tests/test_syncs.py` checks it).
 
 Which images: stream position p (0, 1, 2, ...) maps to image perm_e[p mod N] of epoch e = p // N, where
 perm_e is a permutation seeded by (seed, stream, e). Global batch i is positions [i*G, (i+1)*G),
@@ -155,10 +157,20 @@ class TrainStream:
             slice(s.rank * s.batch_size, (s.rank + 1) * s.batch_size),
         )
 
-    def _crop_flip(self, step: int, tag: int, idx: Tensor) -> Tensor:
-        gen, n, mine = self._seeded(step, tag)
-        top, left, flip = draw_crop_flip(n, self.images.shape[2:], gen, self.pad)
-        return crop_flip(self.images, idx, top[mine], left[mine], flip[mine], self.pad)
+    def _crops(self, step: int, idx: Tensor) -> list[Tensor]:
+        """Every view's crop/flip of this rank's images (uint8), made in one gather."""
+        draws = []
+        for view in self.views.values():
+            if view not in ("weak", "strong"):
+                raise ValueError(f"unknown view '{view}' (weak | strong)")
+            gen, n, mine = self._seeded(step, _WEAK if view == "weak" else _STRONG_CROP)
+            top, left, flip = draw_crop_flip(n, self.images.shape[2:], gen, self.pad)
+            draws.append((top[mine], left[mine], flip[mine]))
+        if len(draws) == 1:
+            return [crop_flip(self.images, idx, *draws[0], self.pad)]
+        top, left, flip = (torch.cat(d) for d in zip(*draws))
+        crops = crop_flip(self.images, idx.repeat(len(draws)), top, left, flip, self.pad)
+        return list(crops.chunk(len(draws)))
 
     def _rand_augment(self, step: int, x: Tensor) -> Tensor:
         gen, n, mine = self._seeded(step, _STRONG_AUG)
@@ -171,13 +183,9 @@ class TrainStream:
         """Batch `step` of this rank, a pure function of (seed, step, rank, world_size)."""
         idx = _to(torch.from_numpy(self.sampler.batch(step)), self.data_device)
         out = {"idx": _to(idx, self.device), "y": _to(self.labels[idx], self.device)}
-        for key, view in self.views.items():
-            if view == "weak":
-                x = self._crop_flip(step, _WEAK, idx)
-            elif view == "strong":
-                x = self._rand_augment(step, self._crop_flip(step, _STRONG_CROP, idx))
-            else:
-                raise ValueError(f"unknown view '{view}' (weak | strong)")
+        for (key, view), x in zip(self.views.items(), self._crops(step, idx)):
+            if view == "strong":
+                x = self._rand_augment(step, x)
             out[key] = resize(normalize(_to(x, self.device), self.mean, self.std), self.input_size)
         return out
 
