@@ -31,8 +31,16 @@ def bta_temperatures(
     n = class_counts.float()
     n_max = n.max()
     ratio = torch.where(n_max > 0, n / n_max.clamp_min(1e-12), torch.zeros_like(n))
-    p = torch.as_tensor(progress, dtype=torch.float32, device=n.device).clamp(0.0, 1.0)
-    return tau0 * (1.0 - eta * (1.0 - p) ** 2 * ratio.sqrt())
+    if isinstance(progress, Tensor):
+        fade = (1.0 - progress.to(n).clamp(0.0, 1.0)) ** 2
+    else:  # a Python number stays on the host: no tensor is made from it (a copy on a GPU)
+        fade = (1.0 - min(max(float(progress), 0.0), 1.0)) ** 2
+    return tau0 * (1.0 - eta * fade * ratio.sqrt())
+
+
+def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """bool [n, K]; `F.one_hot` reads min() and max() back to the host on the CPU to check them."""
+    return labels.long().unsqueeze(1) == torch.arange(num_classes, device=labels.device)
 
 
 def reliable_negatives(
@@ -45,7 +53,7 @@ def reliable_negatives(
     ([n, 1]) gives plain label-based negatives (RNS off).
     """
     n = anchor_labels.numel()
-    own = F.one_hot(anchor_labels, num_classes).bool()  # [n, K]
+    own = _one_hot(anchor_labels, num_classes)  # [n, K]
     in_topk = torch.zeros(n, num_classes, dtype=torch.bool, device=anchor_labels.device)
     if topk.numel():
         in_topk.scatter_(1, topk.long(), True)
@@ -85,11 +93,11 @@ def bacon_contrastive_terms(
         tau = tau.detach().to(device=feats.device, dtype=dtype)
         a = anchor_labels.long()
 
-        shift = torch.maximum(tau.min().reciprocal(), tau.new_tensor(1.0 / tau0))
+        shift = tau.min().reciprocal().clamp_min(1.0 / tau0)  # max(1 / min tau, 1 / tau0)
         log_pi = (z * c[a]).sum(1) / tau[a] - shift  # log pi_i - m
         sim = torch.exp(z @ z.T / tau0 - shift)  # exp(cos/tau0 - m), [n, n]
 
-        onehot = F.one_hot(a, num_classes).to(dtype)  # [n, K]
+        onehot = _one_hot(a, num_classes).to(dtype)  # [n, K]
         neg = reliable_negatives(a, is_labeled, topk, num_classes).to(dtype)  # [K, n]
         neg_sum = ((onehot.T @ sim) * neg).sum(1)  # [K]: sum over {i: a_i = k} x E_k
         pairs = onehot.sum(0) * neg.sum(1)  # [K]: |{i: a_i = k}| * |E_k|

@@ -169,7 +169,7 @@ class TrainingDiagnostics:
         idx = batch["idx_ulb"].to(dev).long()
         n = self.num_unlabeled
         self.true_ulb[torch.where((idx >= 0) & (idx < n), idx, torch.full_like(idx, n))] = y
-        self.true_ulb[n] = -1  # the trash slot never holds a label
+        self.true_ulb[n:].fill_(-1)  # the trash slot never holds a label (a fill: no host copy)
         if logs is not None and "con_anchors" in logs:
             anchors = logs["con_anchors"].detach().to(self.con)
             engaged = (anchors > 0).to(self.con)
