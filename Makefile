@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/bank_and_loss.py
 	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/update_readme.py
 
 # timm's own tests/test_models.py (from the sdist of the installed timm, not vendored) on our models
