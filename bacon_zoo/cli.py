@@ -78,15 +78,18 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from accelerate import PartialState
 
+    from bacon_zoo.hub.weights import resolve_init_from
+    from bacon_zoo.run import RunDir
     from bacon_zoo.train.trainer import train
 
-    result = train(cfg)
+    # --init-from hf-hub:ORG/NAME is downloaded (cached) now: the trainer reads a local folder
+    result = train(cfg, init_from=resolve_init_from(cfg.init_from))
     if result.status != "complete":
         return result.exit_code
     if cfg.export and PartialState().is_main_process:
         from bacon_zoo.hub.export import export_run
 
-        export = result.run_dir / "export"
+        export = RunDir(result.run_dir).export_dir
         if result.trained or not export.is_dir():
             try:
                 print(f"exported to {export_run(result.run_dir)}", file=sys.stderr)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +31,32 @@ def _open_sibling(path: Path) -> tuple[Path, BinaryIO]:
             return tmp, os.fdopen(os.open(tmp, flags, 0o666), "wb")
         except FileExistsError:
             continue
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux: /proc; elsewhere a probe file's mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    probe, f = _open_sibling(Path(tempfile.gettempdir()) / "umask")
+    f.close()
+    try:
+        return 0o666 & ~os.stat(probe).st_mode & 0o777
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def umask_modes(folder: str | Path) -> None:
+    """Give every file below `folder` mode 0666 and every folder 0777, less the umask: what `open`
+    would have given them. For files other libraries write with their own modes (safetensors: 0600)
+    and copies that kept an older file's mode; run on a folder before it is renamed into place."""
+    mask = _umask()
+    for p in [Path(folder), *Path(folder).rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:

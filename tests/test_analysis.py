@@ -344,15 +344,15 @@ def test_diagnostics_records_in_metrics_jsonl(runs):
 
 
 def test_analyze_user_errors(runs, tmp_path, analyze_cli):
-    from bacon_zoo.analysis.analyze import analyze, resolve_checkpoint
+    from bacon_zoo.analysis.analyze import analyze
     from bacon_zoo.run import RunDir
 
     with pytest.raises(UserError, match="not a run directory"):
         analyze(tmp_path)
     with pytest.raises(UserError, match="available steps: 2, 4"):
-        resolve_checkpoint(RunDir(runs["bacon"]), "3")
-    assert resolve_checkpoint(RunDir(runs["bacon"]), "2").name == "step_0000002"
-    assert resolve_checkpoint(RunDir(runs["bacon"]), None).name == "step_0000004"
+        RunDir(runs["bacon"]).checkpoint("3")
+    assert RunDir(runs["bacon"]).checkpoint("2").name == "step_0000002"
+    assert RunDir(runs["bacon"]).checkpoint(None).name == "step_0000004"
     result = analyze_cli([runs["bacon"], "--max-points", "-1"])
     assert result.code == 2 and "--max-points must be >= 0" in result.err
     assert len(result.err.strip().splitlines()) == 1  # one line, no traceback
@@ -396,7 +396,7 @@ def test_analyze_out_manifest_lists_what_it_wrote(runs, tmp_path, analyze_cli):
     assert analyze_cli([runs["abc"], "--out", out, "--max-points", "30"]).code == 0
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["written_by"] == "bacon-zoo analyze"
-    assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir())
+    assert sorted([*manifest["files"], MANIFEST]) == sorted(p.name for p in out.iterdir())
     assert (
         "analysis.md" in manifest["files"] and "bank.png" not in manifest["files"]
     )  # ABC: no bank

@@ -95,12 +95,27 @@ def test_state_refuses_what_it_cannot_store(tmp_path):
 
 def test_manifest_lists_every_file_with_size_and_hash(tmp_path):
     d = fake_checkpoint(tmp_path, 1)
-    files = json.loads((d / MANIFEST).read_text())["files"]
-    assert set(files) == {p.name for p in d.iterdir()} - {MANIFEST}
-    assert files["model.safetensors"]["size"] == (d / "model.safetensors").stat().st_size
-    assert all(len(m["sha256"]) == 64 for m in files.values())
-    assert not (d / f"{MANIFEST}.tmp").exists()
+    record = json.loads((d / MANIFEST).read_text())
+    files, sizes = record["files"], record["sizes"]  # the one manifest format, plus sizes
+    assert set(files) == set(sizes) == {p.name for p in d.iterdir()} - {MANIFEST}
+    assert sizes["model.safetensors"] == (d / "model.safetensors").stat().st_size
+    assert all(len(sha) == 64 for sha in files.values())
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert verify_checkpoint(d) is None
+
+
+def test_a_manifest_of_an_earlier_version_still_verifies(tmp_path):
+    """Checkpoints written before the one manifest format list {"size", "sha256"} per file."""
+    d = fake_checkpoint(tmp_path, 1)
+    record = json.loads((d / MANIFEST).read_text())
+    old = {f: {"size": record["sizes"][f], "sha256": h} for f, h in record["files"].items()}
+    (d / MANIFEST).write_text(json.dumps({"version": 1, "files": old}))
+    assert verify_checkpoint(d) is None
+    (d / "model.safetensors").write_bytes(b"x" * 7)
+    assert (
+        verify_checkpoint(d)
+        == f"model.safetensors is 7 bytes, manifest says {old['model.safetensors']['size']}"
+    )
 
 
 def test_verify_names_what_is_wrong(tmp_path):

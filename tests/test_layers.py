@@ -297,3 +297,101 @@ def test_lower_layers_never_import_higher_ones(edges):
     assert not bad, "upward imports:\n  " + "\n  ".join(
         f"{e}  [layer {LAYERS[e.src]} -> {LAYERS[e.dst]}]" for e in bad
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# file names: only the records layer spells them
+
+
+# Spelled outside bacon_zoo.run by a format of its own, not a run's or an export's file:
+# the study folder's shared recipe.yaml (bacon_zoo.study owns the study folder).
+OWN_FORMATS = {
+    "bacon_zoo/study/runner.py": {"recipe.yaml"},
+    "bacon_zoo/study/report.py": {"recipe.yaml"},
+}
+
+
+def run_file_names() -> set[str]:
+    """Every file name of a run, a checkpoint, an export or an analysis: the string constants
+    with a dot that bacon_zoo/run/layout.py, checkpoint.py and lock.py assign to UPPER_CASE names
+    (read with `ast`, like the imports above)."""
+    names = set()
+    for rel in ("run/layout.py", "run/checkpoint.py", "run/lock.py"):
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                value = node.value.value
+                upper = all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)
+                if upper and isinstance(value, str) and "." in value:
+                    names.add(value)
+    return names
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the Constant nodes that are docstrings (prose about the files may name them)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                out.add(id(body[0].value))
+    return out
+
+
+def file_name_literals(root: Path, names: set[str]) -> list[str]:
+    """`file:line: 'name'` for every string literal outside run/ and fileio.py that spells a name."""
+    import re
+
+    pattern = re.compile(
+        r"(?<![\w.-])("
+        + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        + r")(?![\w-])"
+    )
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        if rel.startswith(f"{PACKAGE}/run/") or rel == f"{PACKAGE}/fileio.py":
+            continue
+        tree = ast.parse(path.read_text())
+        skip = _docstrings(tree)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in skip
+            ):
+                for m in pattern.finditer(node.value):
+                    if m.group(1) not in OWN_FORMATS.get(rel, ()):
+                        found.append(f"{rel}:{node.lineno}: {m.group(1)!r}")
+    return found
+
+
+def test_the_file_name_rule_sees_literals_and_skips_docstrings(tmp_path):
+    pkg = tmp_path / PACKAGE
+    _write(
+        pkg,
+        {
+            "a.py": '"""Reads summary.json."""\nP = "runs/x/summary.json"\nQ = f"in `{P}` and data.json"\n',
+            "run/b.py": 'S = "summary.json"\n',
+            "fileio.py": 'T = "summary.json"\n',
+            "c.py": 'U = "my_summary.json.bak"\n',
+        },
+    )
+    assert file_name_literals(pkg, {"summary.json", "data.json"}) == [
+        f"{PACKAGE}/a.py:2: 'summary.json'",
+        f"{PACKAGE}/a.py:3: 'data.json'",
+    ]
+
+
+def test_no_run_or_export_file_name_outside_the_records_layer():
+    names = run_file_names()
+    assert {
+        "config.yaml",
+        "summary.json",
+        "model.safetensors",
+        "README.md",
+        "manifest.json",
+    } <= names
+    found = file_name_literals(ROOT, names)
+    assert not found, "use bacon_zoo.run.layout (RunDir, ExportDir) instead of:\n  " + "\n  ".join(
+        found
+    )

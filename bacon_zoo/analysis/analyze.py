@@ -10,7 +10,6 @@ with cosine distance on the same subsample.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -23,16 +22,21 @@ import torch
 from bacon_zoo.analysis import plots
 from bacon_zoo.config import fingerprint
 from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import (
-    atomic_write_bytes,
-    atomic_write_text,
-    read_json,
-    writable_or_error,
-    write_json,
-)
+from bacon_zoo.fileio import atomic_write, atomic_write_text, writable_or_error
 from bacon_zoo.metrics import classification_metrics
 from bacon_zoo.run import CHECKPOINTS, SPLIT, RunDir
 from bacon_zoo.run.checkpoint import check_same_run
+from bacon_zoo.run.layout import (
+    ANALYSIS_MANIFEST,
+    ANALYSIS_PAGE,
+    METRICS,
+    PREDICTIONS,
+    compare_page,
+    compare_predictions,
+    figure,
+    step_of,
+)
+from bacon_zoo.run.manifest import read_manifest, write_manifest
 from bacon_zoo.train.evaluate import evaluate
 
 GROUPS = ("head", "medium", "tail")
@@ -126,30 +130,6 @@ def row_normalised_confusion(preds: np.ndarray, labels: np.ndarray, k: int) -> n
 # loading a run (everything about the run directory comes from RunDir)
 
 
-def resolve_checkpoint(rd: RunDir, checkpoint: str | Path | None) -> Path:
-    """None -> the newest complete checkpoint; else a step number or a step_N directory."""
-    ckpts = rd.checkpoints()
-    if not ckpts:
-        raise UserError(
-            f"{rd.path} has no complete checkpoint ({CHECKPOINTS}/step_N); train or resume it first"
-        )
-    if checkpoint is None:
-        return rd.checkpoint()
-    text = str(checkpoint)
-    if text.isdigit():
-        match = [p for p in ckpts if _step_of(p) == int(text)]
-        if not match:
-            steps = ", ".join(str(_step_of(p)) for p in ckpts)
-            raise UserError(f"{rd.path} has no checkpoint at step {text}; available steps: {steps}")
-        return rd.checkpoint(match[0])
-    for path in (Path(text), rd.checkpoints_dir / text):
-        if path.is_dir():
-            return rd.checkpoint(path)
-    raise UserError(
-        f"--checkpoint {text} is not a directory; give a step number or RUN_DIR/checkpoints/step_N"
-    )
-
-
 def _require_analyzable(rd: RunDir) -> RunDir:
     """A one-line error now (not after minutes of work) when `rd` cannot be analysed."""
     rd.require()
@@ -216,15 +196,16 @@ class RunAnalysis:
             a["preds"], a["labels"], self.num_classes, self.labeled_counts
         )
 
+    def spaces(self, spaces: tuple, other: RunAnalysis | None = None) -> list:
+        """The (space, label) pairs that exist in this run (and `other`): no projection space for a
+        net whose algorithm has none."""
+        runs = (self,) if other is None else (self, other)
+        return [(s, t) for s, t in spaces if all(r.arrays[s].shape[1] for r in runs)]
+
     def separation(self, space: str) -> dict[str, float]:
         """Silhouette per group of `space` ("feats" or "proj") on the t-SNE subsample."""
         idx = self.arrays["subsample"]
         return separation(self.arrays[space][idx], self.arrays["labels"][idx], self.groups)
-
-
-def _step_of(ckpt: Path) -> int | None:
-    m = re.fullmatch(r"step_(\d+)", ckpt.name)
-    return int(m.group(1)) if m else None
 
 
 def analyze_run(
@@ -243,7 +224,7 @@ def analyze_run(
     if full_test:
         cfg.max_eval_samples = None
     card = rd.read_data()
-    ckpt = resolve_checkpoint(rd, checkpoint)
+    ckpt = rd.checkpoint(checkpoint)
     check_same_run(ckpt, fingerprint(cfg, ignore=("steps",)), rd.path)  # not another run's weights
     model, ckpt = rd.load_ema_model(ckpt)
     head = rd.eval_head()
@@ -276,7 +257,10 @@ def analyze_run(
     sub = subsample_indices(len(arrays["labels"]), max_points)
     arrays["subsample"] = sub
     arrays["tsne_feats"] = tsne_2d(arrays["feats"][sub])
-    arrays["tsne_proj"] = tsne_2d(arrays["proj"][sub])
+    # a net without a projection (its algorithm has no BaCon term) has a [N, 0] projection space
+    arrays["tsne_proj"] = (
+        tsne_2d(arrays["proj"][sub]) if arrays["proj"].shape[1] else arrays["tsne_feats"][:, :0]
+    )
     return RunAnalysis(
         run_dir=rd.path,
         name=rd.path.resolve().name,
@@ -284,7 +268,7 @@ def analyze_run(
         backbone=cfg.backbone,
         dataset=cfg.dataset,
         checkpoint=ckpt,
-        step=_step_of(ckpt),
+        step=step_of(ckpt),
         eval_head=head,
         class_names=[str(n) for n in card.get("class_names", data.class_names)],
         labeled_counts=labeled_counts,
@@ -296,16 +280,13 @@ def analyze_run(
 
 def save_predictions(a: RunAnalysis, path: Path) -> None:
     """predictions.npz: labels, preds, probs, feats, proj, indices, subsample, tsne_*, step, counts."""
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        **a.arrays,
-        step=-1 if a.step is None else a.step,
-        labeled_counts=np.asarray(a.labeled_counts),
-        unlabeled_counts=np.asarray(a.unlabeled_counts),
-        class_names=np.asarray(a.class_names),
-    )
-    atomic_write_bytes(path, buf.getvalue())
+    arrays = a.arrays | {
+        "step": -1 if a.step is None else a.step,
+        "labeled_counts": np.asarray(a.labeled_counts),
+        "unlabeled_counts": np.asarray(a.unlabeled_counts),
+        "class_names": np.asarray(a.class_names),
+    }
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +357,7 @@ def _diagnostics_section(a: RunAnalysis) -> list[str]:
         rows.append(["true unlabeled count (sum)", *(str(true_u[g]) for g in GROUPS)])
     lines = [
         "",
-        f"## Training diagnostics (metrics.jsonl, evaluation at step {step})",
+        f"## Training diagnostics ({METRICS}, evaluation at step {step})",
         "",
         f"Group means over the window of {d.get('window_steps', '?')} steps before that evaluation "
         f"(pseudo-labels: max softmax >= {d.get('threshold', '?')}); curves in `curves.png`.",
@@ -406,7 +387,7 @@ def analysis_markdown(a: RunAnalysis, figures: list[str]) -> str:
         f"`{a.dataset}`. EMA weights of `{a.checkpoint.name}`"
         + (f" (step {a.step})" if a.step is not None else "")
         + f", `{a.eval_head}` head, {len(labels)} test images. Every number below is recomputed "
-        "from `predictions.npz` next to this page.",
+        f"from `{PREDICTIONS}` next to this page.",
         "",
         "## Accuracy",
         "",
@@ -424,7 +405,8 @@ def analysis_markdown(a: RunAnalysis, figures: list[str]) -> str:
         "",
     ]
     rows = []
-    for space, label in (("feats", "backbone feature f(x)"), ("proj", "projection g(f(x))")):
+    spaces = (("feats", "backbone feature f(x)"), ("proj", "projection g(f(x))"))
+    for space, label in a.spaces(spaces):
         s = a.separation(space)
         dim = a.arrays[space].shape[1]
         rows.append([f"{label}, {dim} dims", *(_f(s[g], 3) for g in (*GROUPS, "all"))])
@@ -463,7 +445,7 @@ def compare_markdown(a: RunAnalysis, b: RunAnalysis, figures: list[str], npz_b: 
         f"`{a.name}`: {a.algorithm}, `{a.backbone}`, step {a.step}, `{a.eval_head}` head. "
         f"`{b.name}`: {b.algorithm}, `{b.backbone}`, step {b.step}, `{b.eval_head}` head. "
         f"Same {len(a.arrays['labels'])} test images; Δ = `{a.name}` - `{b.name}`. Numbers are "
-        f"recomputed from `predictions.npz` and `{npz_b}`.",
+        f"recomputed from `{PREDICTIONS}` and `{npz_b}`.",
         "",
         "## Accuracy (%)",
         "",
@@ -475,7 +457,7 @@ def compare_markdown(a: RunAnalysis, b: RunAnalysis, figures: list[str], npz_b: 
     lines += _table(["metric", a.name, b.name, "Δ"], rows)
     lines += ["", "## Feature-space separation (mean silhouette, cosine)", ""]
     rows = []
-    for space, label in (("feats", "f(x)"), ("proj", "g(f(x))")):
+    for space, label in a.spaces((("feats", "f(x)"), ("proj", "g(f(x))")), b):
         sa, sb = a.separation(space), b.separation(space)
         for g in (*GROUPS, "all"):
             rows.append([label, g, _f(sa[g], 3), _f(sb[g], 3), _f(sa[g] - sb[g], 3, True)])
@@ -513,19 +495,23 @@ def run_figures(a: RunAnalysis, out: Path) -> list[str]:
     m, groups, arr = a.metrics, a.groups, a.arrays
     where = f"{a.name}, step {a.step}, {a.eval_head} head"
     sub_labels = arr["labels"][arr["subsample"]]
-    sep_f, sep_p = a.separation("feats"), a.separation("proj")
+    sep_f = a.separation("feats")
     panels = [
         (
             f"backbone feature f(x), {arr['feats'].shape[1]} dims (silhouette {sep_f['all']:.2f})",
             arr["tsne_feats"],
             sub_labels,
         ),
-        (
-            f"projection g(f(x)), {arr['proj'].shape[1]} dims (silhouette {sep_p['all']:.2f})",
-            arr["tsne_proj"],
-            sub_labels,
-        ),
     ]
+    if arr["proj"].shape[1]:
+        sep_p = a.separation("proj")
+        panels.append(
+            (
+                f"projection g(f(x)), {arr['proj'].shape[1]} dims (silhouette {sep_p['all']:.2f})",
+                arr["tsne_proj"],
+                sub_labels,
+            )
+        )
     headline = ", ".join(f"{label} {m[key]:.1f}" for key, label in METRIC_ROWS if key != "gmean")
     files = [
         plots.plot_tsne_grid(
@@ -534,14 +520,14 @@ def run_figures(a: RunAnalysis, out: Path) -> list[str]:
             a.labeled_counts,
             2,
             f"t-SNE of {len(sub_labels)} test images: {where}",
-            out / "tsne.png",
+            out / figure("tsne"),
         ),
         plots.plot_confusion(
             row_normalised_confusion(arr["preds"], arr["labels"], a.num_classes),
             groups,
             a.class_names,
             f"confusion matrix (row-normalised): {where}",
-            out / "confusion.png",
+            out / figure("confusion"),
         ),
         plots.plot_per_class(
             [(a.name, m["per_class"])],
@@ -549,13 +535,13 @@ def run_figures(a: RunAnalysis, out: Path) -> list[str]:
             a.unlabeled_counts,
             a.class_names,
             f"per-class accuracy vs training counts: {headline}",
-            out / "per_class.png",
+            out / figure("per_class"),
         ),
     ]
     if a.history:
         files.append(
             plots.plot_training_curves(
-                a.history, groups, f"training curves: {a.name}", out / "curves.png"
+                a.history, groups, f"training curves: {a.name}", out / figure("curves")
             )
         )
     found = last_diagnostics(a.history)
@@ -567,7 +553,7 @@ def run_figures(a: RunAnalysis, out: Path) -> list[str]:
                 groups,
                 a.class_names,
                 f"label bank vs true counts: {a.name}",
-                out / "bank.png",
+                out / figure("bank"),
             )
         )
     return [f.name for f in files]
@@ -578,7 +564,7 @@ def compare_figures(a: RunAnalysis, b: RunAnalysis, out: Path, prefix: str) -> l
     ma, mb = a.metrics, b.metrics
     sub_labels = a.arrays["labels"][a.arrays["subsample"]]
     panels = []
-    for space, label in (("feats", "f(x)"), ("proj", "g(f(x))")):
+    for space, label in a.spaces((("feats", "f(x)"), ("proj", "g(f(x))")), b):
         for run in (a, b):
             s = run.separation(space)["all"]
             panels.append(
@@ -595,7 +581,7 @@ def compare_figures(a: RunAnalysis, b: RunAnalysis, out: Path, prefix: str) -> l
             a.unlabeled_counts,
             a.class_names,
             f"per-class accuracy: {a.name} (solid) vs {b.name} (hatched)",
-            out / f"{prefix}_per_class.png",
+            out / figure("per_class", prefix),
         ),
         plots.plot_tsne_grid(
             panels,
@@ -603,14 +589,16 @@ def compare_figures(a: RunAnalysis, b: RunAnalysis, out: Path, prefix: str) -> l
             a.labeled_counts,
             2,
             f"t-SNE of the same {len(sub_labels)} test images: {a.name} (left) vs {b.name} (right)",
-            out / f"{prefix}_tsne.png",
+            out / figure("tsne", prefix),
         ),
-        plots.plot_metric_deltas(ma, mb, a.name, b.name, METRIC_ROWS, out / f"{prefix}_deltas.png"),
+        plots.plot_metric_deltas(
+            ma, mb, a.name, b.name, METRIC_ROWS, out / figure("deltas", prefix)
+        ),
     ]
     if a.history and b.history:
         files.append(
             plots.plot_compare_curves(
-                [(a.name, a.history), (b.name, b.history)], out / f"{prefix}_curves.png"
+                [(a.name, a.history), (b.name, b.history)], out / figure("curves", prefix)
             )
         )
     return [f.name for f in files]
@@ -619,9 +607,7 @@ def compare_figures(a: RunAnalysis, b: RunAnalysis, out: Path, prefix: str) -> l
 # ---------------------------------------------------------------------------------------------
 # the command
 
-MANIFEST = (
-    "analysis.json"  # marks a folder as analyze's own: --out may write only into such folders
-)
+MANIFEST = ANALYSIS_MANIFEST  # marks a folder as analyze's own: --out writes only into those
 
 
 def _slug(name: str) -> str:
@@ -644,21 +630,23 @@ def check_out_dir(out: Path) -> None:
 
 def _record(out: Path, run: Path, written: list[str]) -> None:
     """Add `written` to the folder's manifest (what analyze wrote there, for the next --out check)."""
-    path = out / MANIFEST
-    old = read_json(path, "the analysis manifest", "delete it") if path.is_file() else {}
-    files = sorted(set(old.get("files", [])) | set(written) | {MANIFEST})
-    write_json(path, {"written_by": "bacon-zoo analyze", "run": str(run), "files": files})
+    try:
+        old = list(read_manifest(out, MANIFEST).files)
+    except (FileNotFoundError, ValueError):  # none yet, or an unreadable one: start it again
+        old = []
+    files = [f for f in {*old, *written} if (out / f).is_file()]
+    write_manifest(out, MANIFEST, files, written_by="bacon-zoo analyze", run=str(run))
 
 
 def write_run_report(a: RunAnalysis, out: Path) -> Path:
     """predictions.npz, the PNGs and analysis.md of one run in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     _record(out, a.run_dir, [])
-    save_predictions(a, out / "predictions.npz")
+    save_predictions(a, out / PREDICTIONS)
     figures = run_figures(a, out)
-    path = out / "analysis.md"
+    path = out / ANALYSIS_PAGE
     atomic_write_text(path, analysis_markdown(a, figures))
-    _record(out, a.run_dir, ["predictions.npz", *figures, path.name])
+    _record(out, a.run_dir, [PREDICTIONS, *figures, path.name])
     return path
 
 
@@ -671,10 +659,10 @@ def write_compare_report(a: RunAnalysis, b: RunAnalysis, out: Path) -> Path:
         )
     tag = _slug(b.name if b.name != a.name else f"{b.run_dir.parent.name}_{b.name}")
     out.mkdir(parents=True, exist_ok=True)
-    npz_b = f"predictions_{tag}.npz"
+    npz_b = compare_predictions(tag)
     save_predictions(b, out / npz_b)
     figures = compare_figures(a, b, out, prefix=f"compare_{tag}")
-    path = out / f"compare_{tag}.md"
+    path = out / compare_page(tag)
     atomic_write_text(path, compare_markdown(a, b, figures, npz_b))
     _record(out, a.run_dir, [npz_b, *figures, path.name])
     return path
@@ -693,7 +681,7 @@ def analyze(
     Every argument is checked before the first forward pass: a bad --compare or --out fails at once.
     """
     rd = _require_analyzable(RunDir(run_dir))
-    resolve_checkpoint(rd, checkpoint)
+    rd.checkpoint(checkpoint)
     other = None
     if compare is not None:
         other = _require_analyzable(RunDir(compare))
@@ -704,7 +692,7 @@ def analyze(
                 f"classes), {rd.path} on {da.get('dataset')} ({da.get('num_classes')}); "
                 "compare runs of the same data set"
             )
-    out_dir = Path(out) if out is not None else rd.path / "analysis"
+    out_dir = Path(out) if out is not None else rd.analysis_dir
     check_out_dir(out_dir)
     a = analyze_run(rd.path, checkpoint, max_points, full_test)
     pages = [write_run_report(a, out_dir)]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from bacon_zoo.run.layout import ANALYSIS, ANALYSIS_PAGE, PREDICTIONS
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "analyze",
         help="feature-space analysis of a run: t-SNE, confusion, per-class accuracy, training diagnostics",
-        description="Runs the EMA model of RUN_DIR over its test set and writes predictions.npz, PNGs "
-        "and analysis.md into RUN_DIR/analysis (or --out); --compare adds a side-by-side page.",
+        description=f"Runs the EMA model of RUN_DIR over its test set and writes {PREDICTIONS}, PNGs "
+        f"and {ANALYSIS_PAGE} into RUN_DIR/{ANALYSIS} (or --out); --compare adds a side-by-side page.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a `bacon-zoo train` output directory")
     parser.add_argument(

@@ -19,16 +19,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacon_zoo.data.presets import dataset_slug, dataset_title, preset_of
-from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import read_json, read_jsonl
 from bacon_zoo.hub.names import (
-    NET_CONFIG,
-    PLOT,
-    RECIPE,
     needs_bacon_zoo,
     setting_string,
 )
 from bacon_zoo.run import LEGACY_PROTOCOL, PROTOCOL
+from bacon_zoo.run.exportdir import ExportDir
+from bacon_zoo.run.layout import (
+    ANALYSIS,
+    ANALYSIS_PAGE,
+    NET_WEIGHTS,
+    PLOT,
+    RECIPE,
+    SPLIT,
+    TIMM_CONFIG,
+)
+from bacon_zoo.run.layout import METRICS as METRICS_FILE
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard
@@ -247,8 +253,8 @@ def _contrastive_lines(c: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(
-            "- This run did not record how many steps the term had anchors (its metrics.jsonl has "
-            "no `con_steps` counts)."
+            "- This run did not record how many steps the term had anchors (its "
+            f"{METRICS_FILE} has no `con_steps` counts)."
         )
     if "valid_centers_last" in c:
         lines.append(
@@ -275,23 +281,6 @@ def never_engaged_note(c: dict[str, Any] | None) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # the card
-
-
-def load_export(export_dir: Path) -> dict[str, Any]:
-    """The files of an export a card is built from, read with one-line errors."""
-    from bacon_zoo.config import yaml_load
-
-    fix = "it is not a complete bacon-zoo export; export the run again"
-    recipe_path = export_dir / RECIPE
-    if not recipe_path.is_file():
-        raise UserError(f"{recipe_path} is missing; {fix}")
-    return {
-        "recipe": yaml_load(recipe_path.read_text()) or {},
-        "data": read_json(export_dir / "data.json", "the data description", fix),
-        "summary": read_json(export_dir / "summary.json", "the run summary", fix),
-        "net": read_json(export_dir / NET_CONFIG, "the BaconNet description", fix),
-        "history": read_jsonl(export_dir / "metrics.jsonl"),
-    }
 
 
 def _protocol_diff(recipe: dict) -> list[str]:
@@ -416,8 +405,8 @@ def loading_lines(architecture: str, repo: str, data_args: str | None = None) ->
         ]
         if needs
         else [
-            f"`{architecture}` is timm's own architecture (built with the `model_args` in config.json), "
-            "so plain timm loads this checkpoint; bacon-zoo is not needed.",
+            f"`{architecture}` is timm's own architecture (built with the `model_args` in "
+            f"{TIMM_CONFIG}), so plain timm loads this checkpoint; bacon-zoo is not needed.",
         ]
     )
     return [
@@ -444,7 +433,7 @@ def loading_lines(architecture: str, repo: str, data_args: str | None = None) ->
         "```bash",
         f"bacon-zoo predict hf-hub:{repo} cat.png dog.jpg --topk 3",
         f"bacon-zoo pull {repo}   # download (cached)",
-        f"bacon-zoo train --recipe recipe.yaml --init-from hf-hub:{repo}   # continue training",
+        f"bacon-zoo train --recipe {RECIPE} --init-from hf-hub:{repo}   # continue training",
         "```",
         "",
         *timm_script_lines(architecture, repo, data_args or timm_data_args(None)),
@@ -456,14 +445,11 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     from huggingface_hub import ModelCard, ModelCardData
 
     export_dir = Path(export_dir)
-    net = read_json(
-        export_dir / NET_CONFIG,
-        "the BaconNet description",
-        "it is not a complete bacon-zoo export; export the run again",
-    )
+    export = ExportDir(export_dir)
+    net = export.read_net()
     if net.get("imported"):
         return build_imported_card(export_dir, net, hub_id)
-    f = load_export(export_dir)
+    f = export.read()
     recipe, data, summary, history = (f[k] for k in ("recipe", "data", "summary", "history"))
     name = net.get("name") or export_dir.name
     algorithm = recipe.get("algorithm", summary.get("algorithm", "bacon"))
@@ -519,7 +505,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         "",
         f"The timm classifier in this repo is the EMA model at step {step} (checkpoint "
         f"`{net.get('checkpoint')}`) with {HEADS.get(head, head)} as its classifier. "
-        "`bacon_net.safetensors` holds the full BaCon network (backbone, both heads, projection) "
+        f"`{NET_WEIGHTS}` holds the full BaCon network (backbone, both heads, projection) "
         "for continued training.",
         "",
         f"Training protocol: `{protocol}` ({PROTOCOLS.get(protocol, 'unknown')}).",
@@ -543,7 +529,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         "Head / medium / tail: classes ranked by labeled count and cut into thirds.",
         "",
     ]
-    if (export_dir / PLOT).is_file():
+    if export.plot.is_file():
         L += [f"![per-class test accuracy]({PLOT})", ""]
     else:
         try:
@@ -556,16 +542,16 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
                 "`pip install 'bacon-zoo[plots]'` and export again.)",
                 "",
             ]
-    if (export_dir / "analysis" / "analysis.md").is_file():
-        pngs = sorted(p.name for p in (export_dir / "analysis").glob("*.png"))
-        L += ["Further analysis of this run: [analysis/analysis.md](analysis/analysis.md)"]
-        L += [f"- [{p}](analysis/{p})" for p in pngs] + [""]
+    if export.analysis_page.is_file():
+        page = f"{ANALYSIS}/{ANALYSIS_PAGE}"
+        L += [f"Further analysis of this run: [{page}]({page})"]
+        L += [f"- [{p}]({ANALYSIS}/{p})" for p in export.analysis_figures()] + [""]
 
     L += ["## Long-tailed split", ""]
     L += [
         f"Setting `{setting}` (N1 / M1: labeled / unlabeled images of the largest class; gamma: "
         "imbalance ratios; `1/gamma`: reversed unlabeled profile). The exact split (image indices) is "
-        "in `split.json`.",
+        f"in `{SPLIT}`.",
         "",
         *_split_table(data, row),
         "",
@@ -601,7 +587,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         )
     L += [
         "",
-        "The full config is `recipe.yaml` (`bacon-zoo train --recipe recipe.yaml` repeats the run).",
+        f"The full config is `{RECIPE}` (`bacon-zoo train --recipe {RECIPE}` repeats the run).",
         "",
     ]
     if con is not None:
@@ -643,7 +629,7 @@ def build_imported_card(export_dir: Path, net: dict, hub_id: str | None = None) 
     repo = hub_id or f"<org>/{name}"
     heads = (
         "the release's wrapper (backbone, main head, ABC head, projection); the timm classifier "
-        "here is the ABC head, `bacon_net.safetensors` holds the full network"
+        f"here is the ABC head, `{NET_WEIGHTS}` holds the full network"
         if net.get("eval_head") == "abc"
         else "a plain WRN; the timm classifier here is its classifier"
     )

@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.run.layout import EXPORT, EXPORT_MANIFEST, TIMM_CONFIG, TIMM_WEIGHTS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a run as a timm Hub repo folder (weights, config.json, model card)",
-        description="Writes RUN_DIR/export (or --out): the EMA model's evaluation head as a timm "
-        "classifier, the full BaconNet, the run's records, a model card and export_manifest.json. "
+        help=f"export a run as a timm Hub repo folder (weights, {TIMM_CONFIG}, model card)",
+        description=f"Writes RUN_DIR/{EXPORT} (or --out): the EMA model's evaluation head as a timm "
+        f"classifier, the full BaconNet, the run's records, a model card and {EXPORT_MANIFEST}. "
         "Atomic. An export you changed (files added or edited) is never replaced without --force.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -63,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "import-weights",
         help="turn a foreign checkpoint (same tensors, same order as a timm model) into a timm folder",
         description="Pairs the checkpoint's tensors with timm ARCH's state dict by position, checks "
-        "every shape (the first mismatch is refused), and writes model.safetensors + config.json: "
-        "use it as --backbone local-dir:DIR --pretrained or --pretrained-file DIR/model.safetensors.",
+        f"every shape (the first mismatch is refused), and writes {TIMM_WEIGHTS} + {TIMM_CONFIG}: "
+        f"use it as --backbone local-dir:DIR --pretrained or --pretrained-file DIR/{TIMM_WEIGHTS}.",
     )
     p.add_argument("checkpoint", metavar="CKPT", help=".pth / .pt / .bin / .safetensors file")
     p.add_argument("--arch", required=True, help="timm architecture, e.g. tf_efficientnet_lite0")

@@ -3,7 +3,7 @@
 Names: `hf-hub:ORG/NAME[@REV]`, `local-dir:PATH`, a plain folder path, a plain repo id `ORG/NAME`, or a
 zoo name (`wrn28_2.bacon_c10lt_n1500m3000g100_s0`), looked up on demand in the zoo index and loaded
 from its Hub repo through timm's public `hf-hub:` path. Name parsing, downloads and Hub error messages
-live in `bacon_zoo.run.weights` (the trainer's `--init-from` needs them below this layer).
+live in `bacon_zoo.hub.weights`; the export folder's files are read through `bacon_zoo.run.exportdir`.
 Heavy libraries are imported inside the functions so the CLI starts fast.
 """
 
@@ -20,20 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import read_json
-from bacon_zoo.hub.names import CARD, NET_CONFIG, TIMM_CONFIG, TIMM_WEIGHTS
-from bacon_zoo.run.weights import (
+from bacon_zoo.hub.weights import (
     _REPO_ID,
     _first_line,
-    expected_sha,
     hub_errors,
     parse_name,
     pull,
     resolve_folder,
-    verify_safetensors,
 )
+from bacon_zoo.run.exportdir import ExportDir
+from bacon_zoo.run.layout import NET_CONFIG, TIMM_CONFIG, TIMM_WEIGHTS
+from bacon_zoo.run.weights import verify_safetensors
 
-REQUIRED_EXPORT_FILES = (CARD, TIMM_CONFIG, TIMM_WEIGHTS)
 __all__ = [
     "check_export",
     "load_pretrained",
@@ -69,20 +67,23 @@ def load_pretrained(name: str) -> tuple[Any, dict]:
         f"hf-hub:{ident}" if kind == "hub" else f"local-dir:{ident}",
         [TIMM_CONFIG, TIMM_WEIGHTS, NET_CONFIG],
     )
-    if not (folder / TIMM_CONFIG).is_file():
-        raise UserError(f"{name} has no config.json: it is not a timm model folder or export")
-    verify_safetensors(folder / TIMM_WEIGHTS, expected_sha(folder, TIMM_WEIGHTS))
+    export = ExportDir(folder)
+    if not export.timm_config.is_file():
+        raise UserError(
+            f"{name} has no {TIMM_CONFIG}: it is not a timm model folder or export"
+        )
+    verify_safetensors(export.timm_weights, export.expected_sha(TIMM_WEIGHTS))
     fix = "export or download the model again"
-    config = read_json(folder / TIMM_CONFIG, "the model's timm config", fix)
+    config = export.read_timm_config(fix)
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
         raise UserError(
-            f"{folder / TIMM_CONFIG} names no 'architecture': it is not a timm config; {fix}"
+            f"{export.timm_config} names no 'architecture': it is not a timm config; {fix}"
         )
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     except (KeyError, TypeError, ValueError) as e:  # a config.json timm cannot build from
         raise UserError(
-            f"{folder / TIMM_CONFIG} does not build a model ({_first_line(e)}); {fix}"
+            f"{export.timm_config} does not build a model ({_first_line(e)}); {fix}"
         ) from None
     except RuntimeError as e:
         if "Unknown model" in str(e):
@@ -150,21 +151,19 @@ def check_export(export_dir: Path) -> None:
         raise UserError(
             f"{export_dir} is not a folder; export a run first (bacon-zoo export RUN_DIR)"
         )
-    missing = [f for f in REQUIRED_EXPORT_FILES if not (export_dir / f).is_file()]
+    export = ExportDir(export_dir)
+    missing = export.has_model()
     if missing:
         raise UserError(
             f"{export_dir} is not an export (missing {', '.join(missing)}); run `bacon-zoo export RUN_DIR`"
         )
-    verify_safetensors(
-        export_dir / "model.safetensors", expected_sha(export_dir, "model.safetensors")
-    )
+    verify_safetensors(export.timm_weights, export.expected_sha(TIMM_WEIGHTS))
 
 
 @contextlib.contextmanager
 def _staged(export_dir: Path, repo_id: str) -> Iterator[Path]:
     """A hard-linked copy of the export whose card names `repo_id`; the export itself is not touched."""
     from bacon_zoo.hub.card import build_card
-    from bacon_zoo.hub.export import export_changes
 
     with tempfile.TemporaryDirectory(prefix="bacon-zoo-push-") as tmp:
         stage = Path(tmp) / export_dir.name
@@ -176,10 +175,11 @@ def _staged(export_dir: Path, repo_id: str) -> Iterator[Path]:
                 shutil.copy2(src, dst)
 
         shutil.copytree(export_dir, stage, copy_function=link)
-        edited = any(c.startswith(f"{CARD} ") for c in export_changes(export_dir))
-        if (export_dir / NET_CONFIG).is_file() and not edited:  # a hand-edited card goes up as is
-            (stage / "README.md").unlink()
-            build_card(export_dir, hub_id=repo_id).save(stage / "README.md")
+        export = ExportDir(export_dir)
+        if export.is_export() and not export.card_edited():  # a hand-edited card goes up as is
+            card = ExportDir(stage).card
+            card.unlink()
+            build_card(export_dir, hub_id=repo_id).save(card)
         yield stage
 
 

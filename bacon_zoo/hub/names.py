@@ -1,4 +1,4 @@
-"""Names and file names of an export: pure functions every hub module imports (and nothing else here).
+"""Names of exported models: pure functions every hub module imports (file names are bacon_zoo.run.layout).
 
 A model is named the timm way, `arch.tag`, and the tag encodes the whole long-tailed setting so two runs
 of different settings never share a name: `wrn28_2.bacon_c10lt_n1500m3000g100_s0` is BaCon on
@@ -12,20 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bacon_zoo.data.presets import dataset_code, slug
-from bacon_zoo.fileio import sha256_file  # noqa: F401  (importers take it from here)
-
-# files of an export folder
-TIMM_WEIGHTS = "model.safetensors"
-TIMM_CONFIG = "config.json"
-NET_WEIGHTS = "bacon_net.safetensors"
-NET_CONFIG = "bacon_net.json"
-PLOT = "per_class_accuracy.png"
-CARD = "README.md"
-MANIFEST = (
-    "export_manifest.json"  # what the export wrote (names + sha256): never delete anything else
-)
-RECIPE = "recipe.yaml"
-EXPORT_FORMAT = 2
+from bacon_zoo.fileio import sha256_file  # noqa: F401  (re-exported for importers of this module)
 
 _TAG_RE = re.compile(r"[a-z0-9][a-z0-9_]*")
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.hub.names import CARD, is_tag, sha256_file, slug
+from bacon_zoo.fileio import sha256_file
+from bacon_zoo.hub.names import is_tag, slug
+from bacon_zoo.run.layout import CARD
 
 KEYS = ("ema_model", "model")
 

@@ -26,19 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from bacon_zoo.errors import UserError
-from bacon_zoo.fileio import atomic_write_text, check_inside, read_json, read_jsonl, write_json
+from bacon_zoo.fileio import atomic_write_text, check_inside, read_json, write_json
 from bacon_zoo.hub.names import (
-    CARD,
-    NET_CONFIG,
-    PLOT,
-    RECIPE,
-    TIMM_CONFIG,
     arch_of,
     check_model_name,
     is_tag,
     setting_string,
 )
 from bacon_zoo.run import LEGACY_PROTOCOL, PROTOCOL
+from bacon_zoo.run.exportdir import ExportDir
+from bacon_zoo.run.layout import ANALYSIS, PLOT
 
 INDEX_ENV = "BACON_ZOO_INDEX"
 HOME_ENV = "BACON_ZOO_HOME"
@@ -151,20 +148,20 @@ def pretrained_cfg_overlay(name: str, path: Path | None = None) -> dict[str, Any
 
 
 def _read(export_dir: Path) -> dict[str, Any]:
-    from bacon_zoo.config import yaml_load
-
     fix = "run `bacon-zoo export RUN_DIR` again"
-    if not (export_dir / RECIPE).is_file() or not (export_dir / CARD).is_file():
+    export = ExportDir(export_dir)
+    if not export.recipe.is_file() or not export.card.is_file():
         raise UserError(
-            f"{export_dir} has no {RECIPE} / {CARD}; it is not a complete export: {fix}"
+            f"{export_dir} has no {export.recipe.name} / {export.card.name}; it is not a complete "
+            f"export: {fix}"
         )
     what = f"{export_dir} is not a complete export; {fix}"
     return {
-        "net": read_json(export_dir / NET_CONFIG, "the BaconNet description", what),
-        "summary": read_json(export_dir / "summary.json", "the run summary", what),
-        "config": read_json(export_dir / TIMM_CONFIG, "the timm config", what),
-        "recipe": yaml_load((export_dir / RECIPE).read_text()) or {},
-        "history": read_jsonl(export_dir / "metrics.jsonl"),
+        "net": export.read_net(what),
+        "summary": export.read_summary(what),
+        "config": export.read_timm_config(what),
+        "recipe": export.read_recipe(),
+        "history": export.read_history(),
     }
 
 
@@ -190,8 +187,8 @@ def _copy_card(
     lie inside `cards_dir`; existing ones are replaced only when `ours` (the entry's own, from an
     earlier `zoo add`), never files someone else put there."""
     from bacon_zoo.hub.card import build_card
-    from bacon_zoo.hub.export import export_changes
 
+    export = ExportDir(export_dir)
     assets = check_inside(cards_dir / name, cards_dir, "the card folder")
     card = check_inside(cards_dir / f"{name}.md", cards_dir, "the card")
     if not ours and (assets.exists() or card.exists()):
@@ -201,20 +198,19 @@ def _copy_card(
         )
     if assets.is_dir() and not assets.is_symlink():
         shutil.rmtree(assets)
-    edited = any(c.startswith(f"{CARD} ") for c in export_changes(export_dir))
     text = (
         str(build_card(export_dir, hub_id=hub_id))
-        if hub_id and not edited
-        else (export_dir / CARD).read_text()
+        if hub_id and not export.card_edited()
+        else export.card.read_text()
     )
     copied = []
-    if (export_dir / PLOT).is_file():
+    if export.plot.is_file():
         assets.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(export_dir / PLOT, assets / PLOT)
+        shutil.copy2(export.plot, assets / PLOT)
         copied.append(PLOT)
-    if (export_dir / "analysis").is_dir():
-        shutil.copytree(export_dir / "analysis", assets / "analysis")
-        copied.append("analysis/")
+    if (export_dir / ANALYSIS).is_dir():
+        shutil.copytree(export_dir / ANALYSIS, assets / ANALYSIS)
+        copied.append(f"{ANALYSIS}/")
     for rel in copied:
         text = text.replace(f"]({rel}", f"]({name}/{rel}")
     card.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ are read with `weights_only=True` too, so a pickle that asks to run code is refu
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -37,15 +36,16 @@ from typing import Any, Protocol
 from accelerate import Accelerator
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import atomic_write_text, sha256_file, umask_modes
+from bacon_zoo.run import manifest
+from bacon_zoo.run.layout import CHECKPOINTS, MANIFEST, TMP_PREFIX, step_dir_name, step_of
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 # our objects, by name: what `save_checkpoint` stores in train_state.* (and, in checkpoints of older
 # versions, the order of accelerate's `custom_checkpoint_{i}.pkl`)
 CUSTOM_OBJECTS = ("scheduler", "ema", "algorithm", "state", "diagnostics")
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 STATE_FORMAT = 1
-MANIFEST = "manifest.json"
 # the files of `accelerator.save_state` that `accelerator.load_state` reads (nothing else is shown to it)
 _ACCELERATE_FILE = re.compile(
     r"^(model(_\d+)?\.safetensors|optimizer(_\d+)?\.bin|scaler\.pt|random_states_\d+\.pkl)$"
@@ -126,10 +126,8 @@ def write_state(folder: Path, objects: dict[str, Stateful], run: dict[str, Any] 
     tensors: dict[str, Any] = {}
     tree = {name: _encode(obj.state_dict(), tensors, name) for name, obj in objects.items()}
     save_file(tensors, str(folder / STATE_TENSORS), metadata={"format": "pt"})
-    with (folder / STATE_JSON).open("w") as f:
-        json.dump({"format": STATE_FORMAT, "run": run, "objects": tree}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    meta = {"format": STATE_FORMAT, "run": run, "objects": tree}
+    atomic_write_text(folder / STATE_JSON, json.dumps(meta, indent=1))
 
 
 def _state_json(folder: Path) -> dict[str, Any]:
@@ -246,37 +244,14 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     ckpt_root = Path(ckpt_root)
     if not ckpt_root.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p)
-        for p in ckpt_root.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and p.is_dir()
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    found = [(step, p) for p in ckpt_root.iterdir() if (step := step_of(p)) is not None]
+    return [p for _, p in sorted(found) if p.is_dir()]
 
 
 def write_manifest(ckpt_dir: Path) -> Path:
-    """Record every file of a written checkpoint (size, sha256); atomic, and the last file written."""
-    ckpt_dir = Path(ckpt_dir)
-    files = {
-        p.relative_to(ckpt_dir).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(ckpt_dir.rglob("*"))
-        if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp")
-    }
-    tmp = ckpt_dir / (MANIFEST + ".tmp")
-    with tmp.open("w") as f:
-        json.dump({"version": 1, "files": files}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / MANIFEST)
-    return ckpt_dir / MANIFEST
+    """Record every file of a written checkpoint (sha256 and size, `bacon_zoo.run.manifest`'s one
+    format); atomic, and the last file written."""
+    return manifest.write_manifest(ckpt_dir, MANIFEST, sizes=True)
 
 
 def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
@@ -290,14 +265,12 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
     if not path.is_dir():
         return "not a directory"
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict):
-            raise TypeError
+        recorded = manifest.read_manifest(path, MANIFEST)
     except FileNotFoundError:
         return f"missing {MANIFEST} (an interrupted write, or a checkpoint of an older version)"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return f"{MANIFEST} is unreadable"
+    files = recorded.files
     legacy = [f"custom_checkpoint_{i}.pkl" for i in range(len(CUSTOM_OBJECTS))]
     if not any(f in files for f in (STATE_JSON, *legacy)):
         return f"{STATE_JSON} is not in the manifest (written by another version?)"
@@ -305,16 +278,14 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
     for f in needed:
         if f not in files:
             return f"{f} is not in the manifest (written by another version?)"
-    for name, meta in sorted(files.items()):
-        if not isinstance(meta, dict):
-            return f"{MANIFEST} is unreadable"
+    for name, sha in sorted(files.items()):
         f = path / name
         if not f.is_file():
             return f"{name} missing"
         size = f.stat().st_size
-        if size != meta.get("size"):
-            return f"{name} is {size} bytes, manifest says {meta.get('size')}"
-        if hashes and _sha256(f) != meta.get("sha256"):
+        if name in recorded.sizes and size != recorded.sizes[name]:
+            return f"{name} is {size} bytes, manifest says {recorded.sizes[name]}"
+        if hashes and sha256_file(f) != sha:
             return f"{name} does not match its sha256 in the manifest"
     return None
 
@@ -362,12 +333,12 @@ def find_resume_dir(resume: str, ckpt_root: Path) -> Path | None:
             _log(f"--resume: {what} in {ckpt_root}; starting from step 0")
         return found
     path = Path(resume)
-    if path.name.startswith(".tmp-") and path.is_dir():
+    if path.name.startswith(TMP_PREFIX) and path.is_dir():
         raise UserError(
             f"--resume {resume}: a half-written checkpoint (its write was interrupted); "
             f"resume from a step_N folder beside it, or pass --resume alone for the newest complete one"
         )
-    if path.is_dir() and _STEP_DIR.match(path.name):
+    if path.is_dir() and step_of(path) is not None:
         reason = verify_checkpoint(path)
         if reason is not None:
             raise UserError(
@@ -375,8 +346,8 @@ def find_resume_dir(resume: str, ckpt_root: Path) -> Path | None:
                 "resume from an earlier step_N, or pass --resume alone for the newest complete one"
             )
         return path
-    if path.is_dir() and list_checkpoints(path / "checkpoints"):
-        found, skipped = _newest_verified(path / "checkpoints")
+    if path.is_dir() and list_checkpoints(path / CHECKPOINTS):
+        found, skipped = _newest_verified(path / CHECKPOINTS)
         if found is None:
             reasons = "; ".join(f"{c.name}: {r}" for c, r in skipped)
             raise UserError(f"--resume {resume}: no complete checkpoint ({reasons})")
@@ -429,8 +400,8 @@ def save_checkpoint(
     """Write the model, optimizer and RNG states (accelerate) and `objects` (ours, `write_state`)
     atomically, then prune to the newest `keep` checkpoints. `run` identifies the run (its config
     fingerprint), so that export can refuse another run's checkpoint."""
-    final = ckpt_root / f"step_{step:07d}"
-    tmp = ckpt_root / f".tmp-{final.name}"
+    final = ckpt_root / step_dir_name(step)
+    tmp = ckpt_root / f"{TMP_PREFIX}{final.name}"
     if accelerator.is_main_process:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -455,6 +426,7 @@ def save_checkpoint(
         ) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        umask_modes(tmp)  # accelerate's safetensors files are written 0600
         write_manifest(tmp)  # last: a checkpoint without a manifest is never resumed from
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -548,7 +520,7 @@ def check_same_run(ckpt: Path, fingerprint: str, run_dir: Path, flag: str = "--c
             f"give a checkpoint of {run_dir}, or export that checkpoint's own run"
         )
     if diff is None:
-        own = (Path(run_dir) / "checkpoints").resolve()
+        own = (Path(run_dir) / CHECKPOINTS).resolve()
         if not Path(ckpt).resolve().is_relative_to(own):
             raise UserError(
                 f"{flag} {ckpt} records no run (an older version) and is not in {own}; "

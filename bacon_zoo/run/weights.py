@@ -1,56 +1,25 @@
-"""Model weights between runs, exports and the Hub, below the trainer: `--init-from` lives here.
+"""A local export's weights, below the trainer (`--init-from` reads a folder here).
 
-`load_bacon_net_weights(model, source)` fills a BaconNet from an export's `bacon_net.safetensors` (a
-folder, `local-dir:PATH`, `hf-hub:ORG/NAME[@REV]` or `ORG/NAME`), after `verify_safetensors` has refused
-a truncated or corrupt file. Hub downloads go through huggingface_hub's cache, and every Hub failure
-becomes one line (`hub_errors`). The hub layer (push / pull / predict) re-uses these.
+`load_bacon_net_weights(model, folder)` fills a BaconNet from an export's `bacon_net.safetensors` after
+`verify_safetensors` has refused a truncated or corrupt file (or one whose sha256 is not the one
+bacon_net.json records), and `load_strict` names what does not fit. Hub names are resolved to a local
+folder by `bacon_zoo.hub.weights` before anything here runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.fileio import sha256_file
+from bacon_zoo.run.exportdir import ExportDir
+from bacon_zoo.run.layout import NET_CONFIG, NET_WEIGHTS
 
 if TYPE_CHECKING:
     from torch import nn
 
     from bacon_zoo.models import BaconNet
-
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
-NET_WEIGHTS = "bacon_net.safetensors"
-NET_CONFIG = "bacon_net.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# names and errors
-
-
-def parse_name(name: str) -> tuple[str, str]:
-    """("local", path) | ("hub", repo_id[@rev]) | ("timm", registered name)."""
-    if name.startswith("local-dir:"):
-        return "local", name.removeprefix("local-dir:")
-    if name.startswith(("hf-hub:", "hf_hub:")):
-        return "hub", name.split(":", 1)[1]
-    if Path(name).expanduser().exists():
-        return "local", name
-    if _REPO_ID.fullmatch(name):
-        return "hub", name
-    if "/" not in name and "\\" not in name and ":" not in name:
-        return "timm", name
-    raise UserError(
-        f"'{name}' is neither a folder nor a Hub repo id; give an export folder, local-dir:PATH, "
-        "hf-hub:ORG/NAME or ORG/NAME"
-    )
-
-
-def _split_rev(repo: str, revision: str | None = None) -> tuple[str, str | None]:
-    repo, _, rev = repo.partition("@")
-    return repo, revision or rev or None
 
 
 def _first_line(err: BaseException) -> str:
@@ -58,144 +27,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _is_network_error(err: BaseException) -> bool:
-    names = {c.__name__ for c in type(err).__mro__}
-    return isinstance(err, (ConnectionError, TimeoutError)) or bool(
-        names & {"TransportError", "TimeoutException", "NetworkError", "ConnectError"}
-    )
-
-
-@contextlib.contextmanager
-def hub_errors(action: str, repo_id: str, after: str = "") -> Iterator[None]:
-    """Translate huggingface_hub / network failures of `action` on `repo_id` into one-line UserErrors."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        LocalTokenNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    endpoint = constants.ENDPOINT
-    tail = f"; {after}" if after else ""
-    try:
-        yield
-    except UserError:
-        raise
-    except OfflineModeIsEnabled:
-        raise UserError(
-            f"can't {action} {repo_id}: HF_HUB_OFFLINE is set; unset it{tail}"
-        ) from None
-    except LocalTokenNotFoundError:
-        raise UserError(
-            f"can't {action} {repo_id}: no Hugging Face token; set HF_TOKEN or run `hf auth login`{tail}"
-        ) from None
-    except GatedRepoError:
-        raise UserError(
-            f"{repo_id} is gated on {endpoint}: accept its terms on the Hub and set HF_TOKEN{tail}"
-        ) from None
-    except RevisionNotFoundError:
-        raise UserError(
-            f"{repo_id}: revision not found on {endpoint}; check --revision (branch, tag or commit)"
-        ) from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"no model repo '{repo_id}' on {endpoint} (or it is private: set HF_TOKEN / "
-            f"`hf auth login`); check the repo id{tail}"
-        ) from None
-    except LocalEntryNotFoundError:
-        why, fix = (
-            ("HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE")
-            if constants.HF_HUB_OFFLINE
-            else (f"{endpoint} can't be reached", "check the network or HF_ENDPOINT")
-        )
-        raise UserError(
-            f"{repo_id} is not in the local Hugging Face cache and {why}; {fix} and retry{tail}"
-        ) from None
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise UserError(
-                f"the Hub refused to {action} {repo_id} (HTTP {status}): check HF_TOKEN / `hf auth "
-                f"login` and that the token can write to '{repo_id.split('/')[0]}'{tail}"
-            ) from None
-        raise UserError(
-            f"can't {action} {repo_id}: {_first_line(e)}{tail or '; retry later'}"
-        ) from None
-    except Exception as e:
-        if _is_network_error(e):
-            raise UserError(
-                f"can't {action} {repo_id}: {endpoint} is unreachable ({type(e).__name__}); check the "
-                f"network or HF_ENDPOINT{tail or ' and retry'}"
-            ) from None
-        raise
-
-
-# ---------------------------------------------------------------------------------------------
-# pull / resolve
-
-
-def pull(
-    repo_id: str,
-    revision: str | None = None,
-    local_dir: str | Path | None = None,
-    force: bool = False,
-    allow_patterns: Sequence[str] | None = None,
-) -> Path:
-    """Download a model repo (into the HF cache, or `local_dir`) and return its folder."""
-    from huggingface_hub import snapshot_download
-
-    repo, rev = _split_rev(
-        repo_id.split(":", 1)[1] if repo_id.startswith("hf-hub:") else repo_id, revision
-    )
-    with hub_errors("pull", repo):
-        path = snapshot_download(
-            repo,
-            revision=rev,
-            local_dir=str(local_dir) if local_dir is not None else None,
-            force_download=force,
-            allow_patterns=list(allow_patterns) if allow_patterns else None,
-        )
-    return Path(path)
-
-
-def resolve_folder(name: str, files: Sequence[str]) -> Path:
-    """A local folder holding (at least) `files` of model `name`; Hub repos are fetched (cached)."""
-    kind, ident = parse_name(name)
-    if kind == "timm":
-        raise UserError(
-            f"'{name}' is a timm model name, not an export; give an export folder or hf-hub:ORG/NAME"
-        )
-    if kind == "hub":
-        try:
-            return pull(ident, allow_patterns=files)
-        except UserError as e:
-            if name.startswith("hf-hub:") or "no model repo" not in str(e):
-                raise
-            raise UserError(f"{e} (and there is no folder '{ident}')") from None
-    folder = Path(ident).expanduser()
-    if not folder.is_dir():
-        raise UserError(
-            f"{folder} is not a folder; give an export folder (bacon-zoo export RUN_DIR)"
-        )
-    return folder
-
-
 # ---------------------------------------------------------------------------------------------
 # safetensors, strict loading, the full BaconNet of an export
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_safetensors(path: Path, sha256: str | None = None) -> None:
@@ -213,24 +46,11 @@ def verify_safetensors(path: Path, sha256: str | None = None) -> None:
             f"{path} is truncated or corrupt ({_first_line(e)}); delete it and export again, or "
             "re-download it with `bacon-zoo pull REPO --force`"
         ) from None
-    if sha256 and _sha256(path) != sha256:
+    if sha256 and sha256_file(path) != sha256:
         raise UserError(
             f"{path} does not match the checksum recorded in {NET_CONFIG}; the file was changed or "
             "corrupted: export again, or re-download it with `bacon-zoo pull REPO --force`"
         )
-
-
-def expected_sha(folder: Path, filename: str) -> str | None:
-    """The sha256 of `filename` recorded in the export's bacon_net.json (None without one)."""
-    import json
-
-    info = Path(folder) / NET_CONFIG
-    if not info.is_file():
-        return None
-    try:
-        return (json.loads(info.read_text()).get("sha256") or {}).get(filename)
-    except (ValueError, AttributeError):
-        return None
 
 
 def load_strict(model: nn.Module, state: dict, source: str, trained_with: str) -> None:
@@ -258,28 +78,35 @@ def load_strict(model: nn.Module, state: dict, source: str, trained_with: str) -
     model.load_state_dict(state, strict=True)
 
 
-def read_net_info(folder: Path, source: str) -> dict[str, Any]:
-    from bacon_zoo.fileio import read_json
+def local_folder(source: str | Path) -> Path:
+    """The export folder `source` names: a folder or `local-dir:PATH`. A Hub name is fetched above
+    this layer (`bacon_zoo.hub.weights`), before training starts."""
+    text = str(source)
+    folder = Path(text.removeprefix("local-dir:")).expanduser()
+    if not folder.is_dir():
+        raise UserError(
+            f"{text} is not a local export folder; give one (`bacon-zoo export RUN_DIR`, or "
+            "`bacon-zoo pull ORG/NAME` for a Hub model), or an hf-hub:ORG/NAME name where the "
+            "command fetches it (`bacon-zoo train --init-from`)"
+        )
+    return folder
 
-    info = read_json(
-        Path(folder) / NET_CONFIG,
-        "the BaconNet description",
-        f"'{source}' is not a bacon-zoo export (timm-only repos can't seed --init-from)",
+
+def read_net_info(folder: Path, source: str) -> dict[str, Any]:
+    return ExportDir(folder).read_net(
+        f"'{source}' is not a bacon-zoo export (timm-only repos can't seed --init-from)"
     )
-    if not isinstance(info, dict):
-        raise UserError(f"{Path(folder) / NET_CONFIG} is not a JSON object; export again")
-    return info
 
 
 def load_bacon_net_weights(model: BaconNet, source: str | Path) -> None:
     """Load an export's full BaconNet weights (backbone, both heads, projection) into `model`, in place.
 
-    `source`: an export folder, `local-dir:PATH`, `hf-hub:ORG/NAME[@REV]` or a plain Hub repo id. A model
-    of another shape (backbone, num_classes, proj_dim) or a corrupt file is a UserError.
+    `source`: an export folder or `local-dir:PATH` (`bacon_zoo.hub.weights` takes Hub names too). A
+    model of another shape (backbone, num_classes, heads) or a corrupt file is a UserError.
     """
     import safetensors.torch
 
-    folder = resolve_folder(str(source), [NET_WEIGHTS, NET_CONFIG])
+    folder = local_folder(source)
     info = read_net_info(folder, str(source))
     path = folder / NET_WEIGHTS
     verify_safetensors(path, (info.get("sha256") or {}).get(NET_WEIGHTS))
@@ -296,7 +123,7 @@ def load_bacon_net(source: str | Path) -> BaconNet:
     """Rebuild the exported BaconNet (eval mode) from `bacon_net.json` + `bacon_net.safetensors`."""
     from bacon_zoo.models import BaconNet
 
-    folder = resolve_folder(str(source), [NET_WEIGHTS, NET_CONFIG])
+    folder = local_folder(source)
     info = read_net_info(folder, str(source))
     net = BaconNet(
         info["backbone"],
@@ -310,13 +137,10 @@ def load_bacon_net(source: str | Path) -> BaconNet:
 
 
 __all__ = [
-    "expected_sha",
-    "hub_errors",
     "load_bacon_net",
     "load_bacon_net_weights",
     "load_strict",
-    "parse_name",
-    "pull",
-    "resolve_folder",
+    "local_folder",
+    "read_net_info",
     "verify_safetensors",
 ]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bacon_zoo.errors import UserError
+from bacon_zoo.run import RunDir
 from bacon_zoo.study.runner import (
     STOP_CODES,
     Study,
@@ -121,7 +122,7 @@ class CellTask(_Base):  # type: ignore[misc, valid-type]
             raise CellFailed(f"{name}: stopped (exit {code}) and submitit did not requeue it")
         if status == "stopped":
             raise CellFailed(f"{name}: stopped (exit {code}); checkpointed, rerun to resume")
-        raise CellFailed(f"{name}: {line} (see {run_dir / 'error.log'})")
+        raise CellFailed(f"{name}: {line} (see {RunDir(run_dir).error_log})")
 
     def checkpoint(self, name: str) -> Any:
         """submitit's preemption/timeout hook: stop the cell (it checkpoints), then requeue this task."""

@@ -19,7 +19,7 @@ import yaml
 
 from bacon_zoo.errors import UserError
 from bacon_zoo.fileio import atomic_write_text
-from bacon_zoo.run import RunDir
+from bacon_zoo.run import CONFIG, SUMMARY, RunDir
 from bacon_zoo.study.grid import VARIANT, axis_keys, format_value
 from bacon_zoo.study.runner import cell_status, read_study, read_summary
 
@@ -88,8 +88,7 @@ def gather(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 "device_hours": device_hours(summary),
             }
         if status == "failed":
-            text = (run_dir / "error.log").read_text(errors="replace")
-            row["error"] = (text.splitlines() or [""])[0]
+            row["error"] = RunDir(run_dir).status_line()
         row["_config"] = _read_config(run_dir)
         if summary:
             row |= _from_metrics(run_dir, summary.get("best_step"))
@@ -170,7 +169,7 @@ def budget_line(rows: list[dict[str, Any]], seeds: list[int]) -> str:
     """The first line of the report: what every number below was trained with."""
     cfgs = [(r["_config"], r["_summary"]) for r in rows if r["_config"]]
     if not cfgs:
-        return "**Budget:** unknown — no cell has started yet (no config.yaml under cells/)."
+        return f"**Budget:** unknown — no cell has started yet (no {CONFIG} under cells/)."
 
     def each(fn) -> str:
         return _distinct([fn(c, s) for c, s in cfgs])
@@ -205,7 +204,7 @@ def budget_line(rows: list[dict[str, Any]], seeds: list[int]) -> str:
     return (
         f"**Budget:** {steps} steps × batch {batch} per process × {procs_text}, precision "
         f"{precision} · {data}, {ratios} · {size} · {evals} · seeds {', '.join(map(str, seeds))} "
-        "(read from the cells' config.yaml and summary.json)"
+        f"(read from the cells' {CONFIG} and {SUMMARY})"
     )
 
 
@@ -352,7 +351,7 @@ def cost_lines(rows: list[dict], axes: dict[str, list]) -> list[str]:
     n_done = sum(r["status"] == "complete" for r in rows)
     text = [
         f"**Spent:** {_hours(spent)} device-hours on {n_done} finished cells (measured: "
-        "summary.json's `device_hours`, wall time x processes). "
+        f"{SUMMARY}'s `device_hours`, wall time x processes). "
         f"**Left:** ~{_hours(left)} device-hours for {n_left} unfinished cells (an ESTIMATE). "
         f"**The same study again:** ~{_hours(again)} device-hours (an ESTIMATE: the cost model at "
         "this study's measured images/s per backbone, FLOP-scaled for backbones it has not "
@@ -578,7 +577,7 @@ def write_report(study_dir: str | Path) -> Path:
     md += [
         "",
         "Every number above is computed from `results.csv` (one row per cell, copied from "
-        "`cells/<cell>/summary.json`); the budget line from the cells' `config.yaml` and `summary.json`.",
+        f"`cells/<cell>/{SUMMARY}`); the budget line from the cells' `{CONFIG}` and `{SUMMARY}`.",
     ]
     path = study_dir / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")

@@ -46,7 +46,7 @@ from bacon_zoo.config import (
 )
 from bacon_zoo.errors import UserError
 from bacon_zoo.fileio import atomic_write_text, read_json, write_json
-from bacon_zoo.run import RunDir
+from bacon_zoo.run import SUMMARY, RunDir
 from bacon_zoo.study.grid import (
     FORBIDDEN,
     Cell,
@@ -271,7 +271,7 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def cell_status(run_dir: Path) -> str:
     """complete | failed | incomplete (started, or running elsewhere) | missing (never started)."""
-    if (run_dir / "error.log").is_file():
+    if RunDir(run_dir).failed():
         return "failed"
     summary = read_summary(run_dir)
     if summary and summary.get("status") == "complete":
@@ -294,11 +294,8 @@ def error_line(stderr: str, returncode: int | None = None) -> str:
 
 
 def write_error(run_dir: Path, line: str, tail: str = "") -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = line + "\n"
-    if tail:
-        text += "\n--- stderr tail ---\n" + tail
-    atomic_write_text(run_dir / "error.log", text)
+    """Mark the cell failed: its error.log (`RunDir.write_error`)."""
+    RunDir(run_dir).write_error(line, tail)
 
 
 def check_run_dir(study: Study, cell: Cell) -> str | None:
@@ -340,7 +337,7 @@ def cell_outcome(run_dir: Path, code: int, stderr: str) -> tuple[str, str]:
         return "complete", ""
     if code in STOP_CODES:
         return "stopped", ""
-    line = error_line(stderr, code) if code else "exited 0 without summary.json"
+    line = error_line(stderr, code) if code else f"exited 0 without {SUMMARY}"
     tail = "\n".join(stderr.replace("\r", "\n").splitlines()[-ERROR_TAIL_LINES:])
     write_error(run_dir, line, tail + "\n")
     return "failed", line
@@ -413,10 +410,11 @@ def start_cell(
 ) -> _Running:
     """Start one cell, appending to its stdout.log / stderr.log."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.log").unlink(missing_ok=True)
-    err_path = run_dir / "stderr.log"
+    run = RunDir(run_dir)
+    run.clear_status()
+    err_path = run.stderr_path
     start = err_path.stat().st_size if err_path.is_file() else 0
-    out, err = open(run_dir / "stdout.log", "a"), open(err_path, "a")  # noqa: SIM115 (closed by finish)
+    out, err = open(run.stdout_path, "a"), open(err_path, "a")  # noqa: SIM115 (closed by finish)
     where = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if env else ""
     stamp = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {where}{shlex.join(cmd)}\n"
     for f in (out, err):
@@ -519,14 +517,14 @@ def run_study(
                         continue
                     summary = read_summary(run_dir)
                     if summary and summary.get("status") == "complete":
-                        (run_dir / "error.log").unlink(missing_ok=True)
+                        RunDir(run_dir).clear_status(cancelled=False)
                         outcome["skipped"].append(c.name)
                         log(f"{tag}: complete (skipped), {_best(run_dir)}")
                         continue
                     slot = next(s for s in slots if s not in running)
                     env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else None
                     on = f" on device {slot}" if slot is not None else ""
-                    log(f"{tag}: running{on} (log: {run_dir / 'stdout.log'})")
+                    log(f"{tag}: running{on} (log: {RunDir(run_dir).stdout_path})")
                     running[slot] = start_cell(c, cell_command(study, c, launcher), run_dir, env)
                     stopper.procs.add(running[slot].proc)
                 if stopper.stopping:
@@ -549,7 +547,7 @@ def run_study(
                         log(f"{tag}: stopped after {took} (checkpointed; rerun to resume)")
                     else:
                         outcome["failed"].append(r.cell.name)
-                        log(f"{tag}: FAILED after {took}: {line} (see {run_dir / 'error.log'})")
+                        log(f"{tag}: FAILED after {took}: {line} (see {RunDir(run_dir).error_log})")
                 if running:
                     time.sleep(poll_s)
         finally:

@@ -48,7 +48,9 @@ from bacon_zoo.run.checkpoint import (
     run_record,
     save_checkpoint,
 )
+from bacon_zoo.run.layout import step_of
 from bacon_zoo.run.lock import RunLock
+from bacon_zoo.run.weights import local_folder
 from bacon_zoo.train.diagnostics import TrainingDiagnostics
 from bacon_zoo.train.ema import ModelEma
 from bacon_zoo.train.evaluate import evaluate
@@ -510,14 +512,18 @@ def _stop_if_diverged(
 # the run
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, init_from: Path | None = None) -> TrainResult:
     """Run (or resume) one training run. A complete run's result holds the summary written to
-    `summary.json`; a SIGTERM/SIGINT stops every rank at the same step, after a checkpoint."""
+    `summary.json`; a SIGTERM/SIGINT stops every rank at the same step, after a checkpoint.
+    `init_from`: the local folder `cfg.init_from` names, when the caller fetched it from the Hub
+    (`bacon_zoo.hub.weights.resolve_init_from`); otherwise `cfg.init_from` must be a folder."""
     with contextlib.ExitStack() as held:  # the run's lock, released however training ends
-        return _train(cfg, held)
+        return _train(cfg, held, init_from)
 
 
-def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> TrainResult:
+def _train(
+    cfg: TrainConfig, held: contextlib.ExitStack, init_from: Path | None = None
+) -> TrainResult:
     # ---- checks, before anything is written
     state = PartialState(cpu=cfg.cpu)
     _configure_logging(state.is_main_process)
@@ -526,7 +532,9 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> TrainResult:
     _check_tracker(cfg.log_with)
     check_optimizer(cfg.opt)
     resume_dir = _resume_point(cfg, run)
-    resume_step = int(resume_dir.name.split("_")[-1]) if resume_dir is not None else 0
+    resume_step = step_of(resume_dir) if resume_dir is not None else 0
+    if cfg.init_from and init_from is None:
+        init_from = local_folder(cfg.init_from)  # a Hub name is fetched by the caller, not here
     done = run.read_summary() if resume_step == cfg.steps else None
     if done and done.get("status") == "complete" and done.get("steps") == cfg.steps:
         _note(
@@ -544,7 +552,7 @@ def _train(cfg: TrainConfig, held: contextlib.ExitStack) -> TrainResult:
     set_seed(cfg.seed)  # the initial weights are a function of the seed
     data = prepare_data(cfg, split_path=run.split_path if run.split_path.is_file() else None)
     _check_against_data(cfg, data, state.num_processes)
-    model = build_model(cfg, data.num_classes)
+    model = build_model(cfg, data.num_classes, init_from=init_from)
     _check_backbone_runs(model, cfg)
     mean, std = input_norm(cfg, model, data)
 
