@@ -116,3 +116,22 @@ def test_atomic_writes_take_their_mode_from_the_umask(tmp_path, umask_022):
     atomic_write_text(tmp_path / "private.txt", "x")
     assert _mode(tmp_path / "private.txt") == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_a_run_directory_and_its_export_are_readable_by_the_group(tmp_path, umask_022, run_cli):
+    """Every file a tiny run and its export write is 0644 and every folder 0755 under umask 022
+    (safetensors writes 0600 itself; checkpoints and exports are given the umask's modes)."""
+    from conftest import tiny_train_argv
+
+    run = tmp_path / "run"
+    r = run_cli(
+        tiny_train_argv(run, "steps=3", "eval_every=3", "checkpoint_every=3", "export=true")
+    )
+    assert r.code == 0, r
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {"config.yaml", "summary.json", "model.safetensors", "bacon_net.json", "README.md"} <= {
+        p.name for p in files
+    }
+    assert {p.relative_to(run).as_posix(): oct(_mode(p)) for p in files if _mode(p) != 0o644} == {}
+    folders = [p for p in run.rglob("*") if p.is_dir()]
+    assert {p.name: oct(_mode(p)) for p in folders if _mode(p) != 0o755} == {}
