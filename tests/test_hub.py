@@ -206,6 +206,25 @@ def test_init_from_round_trip_and_mismatch(exported):
     assert "\n" not in str(e.value) and "num_classes=3" in str(e.value)
 
 
+def test_init_from_a_hub_name_is_fetched_above_the_run_layer(exported, monkeypatch):
+    """run.weights reads local folders only; hub.weights turns a Hub name into a folder (here a
+    stand-in for the download) before training starts, and its loaders take any name."""
+    from bacon_zoo.hub import weights as hub_weights
+
+    out = exported["out"]
+    with pytest.raises(UserError, match="is not a local export folder") as e:
+        load_bacon_net_weights(BaconNet("wrn28_2", num_classes=3, proj_dim=16), "hf-hub:me/model")
+    assert "\n" not in str(e.value)
+    fetched = []
+    monkeypatch.setattr(hub_weights, "pull", lambda repo, **kw: fetched.append(repo) or out)
+    assert hub_weights.resolve_init_from("hf-hub:me/model@v1") == out
+    assert hub_weights.resolve_init_from(f"local-dir:{out}") == out and fetched == ["me/model@v1"]
+    assert hub_weights.resolve_init_from(None) is None
+    model = BaconNet("wrn28_2", num_classes=3, proj_dim=16)
+    hub_weights.load_bacon_net_weights(model, "hf-hub:me/model")
+    torch.testing.assert_close(model.state_dict(), load_bacon_net(out).state_dict(), rtol=0, atol=0)
+
+
 def test_corrupt_safetensors_are_refused(exported, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(exported["out"], copy)
