@@ -121,7 +121,7 @@ def import_weights(
     from timm.models import save_for_hf
 
     from bacon_zoo.fileio import write_json
-    from bacon_zoo.hub.export import write_folder
+    from bacon_zoo.run.exportdir import write_folder
 
     state = read_state_dict(checkpoint, key)
     if not timm.is_model(arch):
