@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, get_device, write_result  # noqa: E402
+from common import REPO, get_device, now, write_result  # noqa: E402
 
 WEIGHTS = REPO / "weights/tf_efficientnet_lite0/model.safetensors"
 CIFAR = REPO.parent / "shared/datasets/cifar10-jpeg"
@@ -71,13 +71,11 @@ def main() -> int:
     if not CIFAR.exists():
         print(f"{CIFAR} is missing: this probe needs real CIFAR-10", file=sys.stderr)
         return 2
-    import time
-
     import timm
 
     from bacon_zoo.data.sources import load_source
 
-    started = time.time()
+    started = now()
     device = get_device(args.device)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     os.environ.setdefault("BACON_ZOO_CIFAR10", str(CIFAR))
