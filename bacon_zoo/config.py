@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -22,42 +23,37 @@ import yaml
 
 from bacon_zoo.errors import UserError
 
+# ---------------------------------------------------------------------------------------------
+# algorithm sections: each algorithm plug-in (bacon_zoo.algorithms, a layer above) registers its own
+# config dataclass here on import; `TrainConfig` holds one instance per registered section, read and
+# written as `cfg.<name>` and `--set <name>.<field>=...`, and each numeric field's valid range comes
+# from its dataclass field metadata (`field(default=..., metadata={"range": Range(...)})`).
 
-@dataclass
-class FixMatchConfig:
-    """FixMatch's unlabeled consistency loss (hard pseudo-labels)."""
-
-    threshold: float = 0.95
-    lambda_u: float = 1.0
-
-
-@dataclass
-class ABCConfig:
-    """The auxiliary class-balanced classifier (ABC, Lee et al. 2021)."""
-
-    threshold: float = 0.95
-    weight: float = 1.0
+SECTIONS: dict[str, type] = {}
+# extra whole-config checks registered by the plug-ins (e.g. that `algorithm` names a registered one)
+VALIDATORS: list[Callable[[Any], None]] = []
+# choices a plug-in registry knows for a top-level field, shown in `--help` (e.g. the algorithm names)
+HELP_CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {}
 
 
-@dataclass
-class BaconConfig:
-    """Every constant of BaCon's contrastive term; defaults are the latest release's values."""
+def register_section(name: str, cls: type) -> None:
+    """Add an algorithm's config dataclass as section `name`, and its fields' ranges to RANGES.
 
-    proj_dim: int = 16  # projection size d (32 in the first release)
-    tau0: float = 0.1  # base temperature; negatives always use it
-    eta: float = 0.005  # BTA strength
-    topk: int = 3  # Reliable Negative Selection: k not in top-k of q(u^w)
-    neg_scale: float = 64.0  # constant factor on the class-level negative mean
-    anchor_threshold: float = 0.98  # anchor selection and feature-bank writes
-    bank_threshold: float = 0.95  # label-bank writes for unlabeled samples
-    start: float = (
-        0.5  # contrastive term active when step > start * steps (1/3 in the first release)
-    )
-    bta_horizon: float = 1.0  # BTA progress = step / (bta_horizon * steps), clipped to 1
-    weight: float = 1.0  # loss weight of L_con
-    rns: bool = True  # Reliable Negative Selection; off = every other-class sample is a negative
-    bta: bool = True  # Balanced Temperature Adjusting; off = fixed tau0
-    official_quirks: bool = False  # the release's three quirks (docs/method.md, "Memory banks")
+    Every int / float field needs `metadata={"range": Range(...)}` (a test checks that every numeric
+    field of the config tree has a range)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"config section '{name}' must be a dataclass, got {cls!r}")
+    if name in _STATIC_FIELDS:
+        raise ValueError(f"config section '{name}' clashes with a TrainConfig field")
+    SECTIONS[name] = cls
+    for f in fields(cls):
+        rng = f.metadata.get("range")
+        if rng is not None:
+            RANGES[f"{name}.{f.name}"] = rng
+
+
+def _default_sections() -> dict[str, Any]:
+    return {name: cls() for name, cls in SECTIONS.items()}
 
 
 @dataclass
@@ -155,17 +151,23 @@ class TrainConfig:
     # None = what `accelerate launch` says
     mixed_precision: str | None = "auto"
     export: bool = True  # export the model (safetensors + card) at the end of training
-    # algorithms
-    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
-    abc: ABCConfig = field(default_factory=ABCConfig)
-    bacon: BaconConfig = field(default_factory=BaconConfig)
+    # the algorithms' own sections (`cfg.fixmatch`, `cfg.bacon`, ...): one per registered plug-in,
+    # written to YAML as top-level keys like any section
+    sections: dict = field(default_factory=_default_sections, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"'TrainConfig' object has no attribute '{name}'")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        return d | d.pop("sections")
 
 
+_STATIC_FIELDS = {f.name for f in fields(TrainConfig)}
 CHOICES = {
-    "algorithm": ("fixmatch", "abc", "bacon"),
     "lr_schedule": ("constant", "cosine", "full_cosine"),
     "normalize": ("auto", "data", "backbone"),
     "log_with": ("none", "tensorboard", "trackio", "wandb"),
@@ -251,6 +253,8 @@ def _gt(lo: float, **kw: Any) -> Range:
 
 
 _FRACTION = Range(0.0, 1.0)  # probabilities and confidence thresholds
+# the same, for the algorithm plug-ins' field metadata
+FRACTION, at_least, above = _FRACTION, _ge, _gt
 # every int / float field of the config tree (dotted for sections); `validate` checks them all and a
 # test makes sure a new numeric field cannot be added without a range
 RANGES: dict[str, Range] = {
@@ -283,20 +287,6 @@ RANGES: dict[str, Range] = {
     "keep_checkpoints": _ge(0, hint="; 0 keeps every checkpoint"),
     "log_every": _ge(1),
     "seed": Range(0, 2**32 - 1),  # numpy's seed range
-    "fixmatch.threshold": _FRACTION,
-    "fixmatch.lambda_u": _ge(0),
-    "abc.threshold": _FRACTION,
-    "abc.weight": _ge(0),
-    "bacon.proj_dim": _ge(1),
-    "bacon.tau0": _gt(0),
-    "bacon.eta": Range(0.0, 1.0, hi_open=True),  # keeps every class temperature positive
-    "bacon.topk": _ge(1),
-    "bacon.neg_scale": _gt(0),
-    "bacon.anchor_threshold": _FRACTION,
-    "bacon.bank_threshold": _FRACTION,
-    "bacon.start": Range(0.0, 1.0, hint="; it is a fraction of the total steps"),
-    "bacon.bta_horizon": _gt(0, hint="; it is a multiple of the total steps"),
-    "bacon.weight": _ge(0),
 }
 
 
@@ -382,6 +372,8 @@ def _suggest(key: str, options: list[str]) -> str:
 def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> None:
     """Apply a (possibly nested) dict of overrides to a config dataclass, validating every key."""
     types = _field_types(type(cfg))
+    if isinstance(cfg, TrainConfig):  # the algorithms' sections are keys; the holder is not
+        types = {k: v for k, v in types.items() if k != "sections"} | SECTIONS
     for key, value in overrides.items():
         full = f"{prefix}{key}"
         if full == "output_dir" and isinstance(value, str) and not value.strip():
@@ -501,7 +493,10 @@ def load_recipe(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def numeric_fields(cls: type = TrainConfig, prefix: str = "") -> list[str]:
     """Dotted names of every int / float field (optional ones too) of a config dataclass tree."""
     out = []
-    for name, typ in _field_types(cls).items():
+    types = _field_types(cls)
+    if cls is TrainConfig:
+        types = {k: v for k, v in types.items() if k != "sections"} | SECTIONS
+    for name, typ in types.items():
         if dataclasses.is_dataclass(typ):
             out += numeric_fields(typ, f"{prefix}{name}.")
         elif typ in (int, float) or (set(get_args(typ)) - {type(None)}) & {int, float}:
@@ -516,7 +511,10 @@ def get_dotted(cfg: Any, key: str) -> Any:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check every choice and every numeric range (RANGES); raise one UserError line naming the field."""
+    """Check every choice, every numeric range (RANGES) and the plug-ins' checks (VALIDATORS: the
+    algorithm name); raise one UserError line naming the field."""
+    for check in VALIDATORS:
+        check(cfg)
     for key, options in CHOICES.items():
         if getattr(cfg, key) not in options:
             names = [str(o) for o in options if o is not None]
@@ -585,7 +583,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     types = _field_types(TrainConfig)
     for f in fields(TrainConfig):
         typ = types[f.name]
-        if dataclasses.is_dataclass(typ):
+        if f.name == "sections" or dataclasses.is_dataclass(typ):
             continue  # sections are set from recipes or --set
         flag = "--" + f.name.replace("_", "-")
         if f.name == "resume":
@@ -601,7 +599,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             default = f.default if f.default is not dataclasses.MISSING else "{}"
-            options = CHOICES.get(f.name)
+            options = CHOICES.get(f.name) or (
+                HELP_CHOICES[f.name]() if f.name in HELP_CHOICES else None
+            )
             shown = "|".join(str(o) for o in options if o is not None) if options else None
             parser.add_argument(
                 flag, default=None, metavar=shown or "X", help=f"(default: {default})"
@@ -612,7 +612,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = {
         f.name: getattr(args, f.name)
         for f in fields(TrainConfig)
-        if getattr(args, f.name, None) is not None
+        if f.name != "sections" and getattr(args, f.name, None) is not None
     }
     return build_config(args.recipe, flags, args.set)
 
@@ -654,13 +654,10 @@ def config_diff(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) ->
         out = []
         for k in sorted(set(x) | set(y)):
             u, v = x.get(k), y.get(k)
-            if isinstance(u, dict) and isinstance(v, dict) and k in _SECTIONS:
+            if isinstance(u, dict) and isinstance(v, dict) and k in SECTIONS:
                 out += walk(u, v, f"{prefix}{k}.")
             elif u != v:
                 out.append(prefix + k)
         return out
 
     return walk(_experiment_dict(a, ignore), _experiment_dict(b, ignore), "")
-
-
-_SECTIONS = {name for name, t in _field_types(TrainConfig).items() if dataclasses.is_dataclass(t)}

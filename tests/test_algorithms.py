@@ -10,13 +10,16 @@ import torch
 
 from bacon_zoo.algorithms import (
     ABC,
-    ALGORITHMS,
+    Algorithm,
     BaCon,
+    FixMatch,
     abc_labeled_mask,
     abc_ratios,
     abc_unlabeled_mask,
+    algorithm_names,
     bacon_contrastive_loss,
     bta_temperatures,
+    canonical,
     create_algorithm,
     fixmatch_unlabeled_loss,
     reliable_negatives,
@@ -233,7 +236,7 @@ def test_bta_temperatures_formula():
     )
 
 
-def make_algo(name: str = "bacon", K: int = 10, **bacon_overrides) -> ABC:
+def make_algo(name: str = "bacon", K: int = 10, rank: int = 0, **bacon_overrides) -> Algorithm:
     cfg = TrainConfig()
     for key, value in bacon_overrides.items():
         setattr(cfg.bacon, key, value)
@@ -246,6 +249,7 @@ def make_algo(name: str = "bacon", K: int = 10, **bacon_overrides) -> ABC:
         num_labeled=40,
         num_unlabeled=80,
         seed=0,
+        rank=rank,
     )
 
 
@@ -272,8 +276,8 @@ def test_bta_switch():
         out, batch = make_batch(0)
         algo.loss(out, batch, 0, 100)
     tau_on, tau_off = (
-        on.temperatures(10, 100, torch.device("cpu")),
-        off.temperatures(10, 100, "cpu"),
+        on.bacon.temperatures(10, 100, torch.device("cpu")),
+        off.bacon.temperatures(10, 100, "cpu"),
     )
     torch.testing.assert_close(tau_off, torch.full((10,), 0.1))
     want = bta_temperatures(on.bank.class_counts(), 0.1, 0.1, 0.005)
@@ -282,7 +286,7 @@ def test_bta_switch():
     # bta_horizon: progress = step / (horizon * T), clipped to 1
     half = make_algo(bta_horizon=0.5)
     half.bank.load_state_dict(on.bank.state_dict())
-    torch.testing.assert_close(half.temperatures(50, 100, "cpu"), torch.full((10,), 0.1))
+    torch.testing.assert_close(half.bacon.temperatures(50, 100, "cpu"), torch.full((10,), 0.1))
 
 
 def test_rns_switch_changes_only_the_negatives():
@@ -365,14 +369,20 @@ def test_fixmatch_unlabeled_loss():
 
 
 def test_registry_and_unknown_name():
-    assert set(ALGORITHMS) == {"fixmatch", "abc", "bacon"}
-    assert {n: c.eval_head for n, c in ALGORITHMS.items()} == {
+    names = algorithm_names()
+    assert {"fixmatch", "fixmatch+abc", "fixmatch+abc+bacon", "abc", "bacon"} <= set(names)
+    assert "fixmatch+bacon" not in names  # BaCon's anchors need a balanced head
+    assert canonical("bacon") == "fixmatch+abc+bacon" and canonical("abc") == "fixmatch+abc"
+    assert {n: make_algo(n).eval_head for n in ("fixmatch", "abc", "bacon")} == {
         "fixmatch": "main",
         "abc": "abc",
         "bacon": "abc",
     }
-    with pytest.raises(UserError, match=r"did you mean bacon\?.*known: fixmatch, abc, bacon"):
+    with pytest.raises(UserError, match=r"not one of fixmatch, .*\(did you mean bacon\?\)"):
         create_algorithm("bacn")
+    for bad in ("fixmatch+bacon", "fixmatch+bacon+abc", "abc+fixmatch", "fixmatch+fixmatch"):
+        with pytest.raises(UserError, match="is not one of"):
+            create_algorithm(bad)
 
 
 @pytest.mark.parametrize("name", ["fixmatch", "abc", "bacon"])
@@ -388,7 +398,7 @@ def test_loss_runs_and_backprops(name):
         assert torch.isfinite(out.logits.grad).all()
         if name != "fixmatch":
             assert torch.isfinite(out.logits_abc.grad).all()
-        if name == "bacon" and step > algo.cfg.bacon.start * T and logs["anchors_used"] > 0:
+        if name == "bacon" and step > algo.bacon.cfg.start * T and logs["anchors_used"] > 0:
             assert out.proj.grad is not None and torch.isfinite(out.proj.grad).all()
         algo.after_step(step, T)
     expected = {"loss", "loss_x", "loss_u", "mask", "pl_acc"}
@@ -418,7 +428,7 @@ def test_bacon_wiring_matches_pure_function():
             torch.cat([torch.zeros(b, 3, dtype=torch.long), q_w.topk(3, dim=1).indices]),
             sel,
             centers,
-            algo.temperatures(step + 1, T, "cpu"),
+            algo.bacon.temperatures(step + 1, T, "cpu"),
             center_valid=valid,
         )
         torch.testing.assert_close(logs["loss_con"], want)
@@ -470,20 +480,19 @@ def test_deterministic_resume_bernoulli_masks():
     la, logs_a = a.loss(out, batch, 7, 10)
     lb, logs_b = b.loss(out, batch, 7, 10)
     assert torch.equal(la, lb) and torch.equal(logs_a["mask_abc_lb"], logs_b["mask_abc_lb"])
-    g1, g2 = a.generator(7, torch.device("cpu")), b.generator(7, torch.device("cpu"))
+    g1, g2 = a.abc.generator(7, torch.device("cpu")), b.abc.generator(7, torch.device("cpu"))
     assert torch.equal(torch.rand(64, generator=g1), torch.rand(64, generator=g2))
-    d7 = torch.rand(8, generator=make_algo("abc").generator(7, "cpu"))
-    d8 = torch.rand(8, generator=make_algo("abc").generator(8, "cpu"))
-    other_rank = make_algo("abc")
-    other_rank.rank = 1
+    d7 = torch.rand(8, generator=make_algo("abc").abc.generator(7, "cpu"))
+    d8 = torch.rand(8, generator=make_algo("abc").abc.generator(8, "cpu"))
+    other_rank = make_algo("abc", rank=1)
     assert not torch.equal(d7, d8)
-    assert not torch.equal(d7, torch.rand(8, generator=other_rank.generator(7, "cpu")))
+    assert not torch.equal(d7, torch.rand(8, generator=other_rank.abc.generator(7, "cpu")))
 
 
 def test_bacon_is_abc_plus_contrastive():
     """Before the contrastive start BaCon's loss equals ABC's on the same inputs."""
     abc, bacon = make_algo("abc"), make_algo("bacon")
-    assert isinstance(bacon, BaCon) and isinstance(bacon, ABC)
+    assert [type(p) for p in bacon.parts] == [FixMatch, ABC, BaCon]
     out, batch = make_batch(3)
     la, _ = abc.loss(out, batch, 2, 10)
     lb, _ = bacon.loss(out, batch, 2, 10)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import launch_two
 
-from bacon_zoo.algorithms import BaCon, MemoryBank
+from bacon_zoo.algorithms import Algorithm, MemoryBank, create_algorithm
 from bacon_zoo.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,14 +125,14 @@ def _peaked(rows: list[tuple[int, float]], K: int, raw: bool = False) -> torch.T
     return out
 
 
-def _bacon(quirks: bool) -> BaCon:
+def _bacon(quirks: bool) -> Algorithm:
     cfg = TrainConfig()
     cfg.bacon.proj_dim = 4
     cfg.bacon.official_quirks = quirks
-    return BaCon(cfg, 5, [4, 3, 2, 1, 1], num_labeled=6, num_unlabeled=8)
+    return create_algorithm("bacon", cfg, 5, [4, 3, 2, 1, 1], num_labeled=6, num_unlabeled=8)
 
 
-def _step(algo: BaCon, abc_rows_lb, abc_rows_w, raw: bool = False, step: int = 0):
+def _step(algo: Algorithm, abc_rows_lb, abc_rows_w, raw: bool = False, step: int = 0):
     K, B, U = 5, len(abc_rows_lb), len(abc_rows_w)
     abc = torch.cat([_peaked(abc_rows_lb, K, raw), _peaked(abc_rows_w, K, raw), torch.zeros(U, K)])
     proj = torch.arange((B + 2 * U) * 4, dtype=torch.float32).reshape(-1, 4)

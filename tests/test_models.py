@@ -239,7 +239,7 @@ def test_bacon_net_init_and_attributes():
     ):  # xavier normal, zero bias (USB's WRN init)
         assert torch.all(linear.bias == 0)
     assert isinstance(net.proj, nn.Linear)  # no BN / activation / normalisation
-    with pytest.raises(UserError, match="choose main or abc"):
+    with pytest.raises(UserError, match="this net has main or abc"):
         net.head_for("aux")
     with pytest.raises(UserError, match="num_classes"):
         BaconNet("wrn28_2", 10, backbone_kwargs={"num_classes": 5})

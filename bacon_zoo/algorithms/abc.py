@@ -8,13 +8,18 @@ unlabeled sample with probability 1 - (t/T)(1 - r_yhat), annealed from 1 to r_yh
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import split_batch
-from .fixmatch import FixMatch, masked_cross_entropy, pseudo_labels
+from bacon_zoo.config import FRACTION, at_least
+from bacon_zoo.models.bacon_net import Head
+
+from .base import Plugin, split_batch
+from .fixmatch import masked_cross_entropy, pseudo_labels
+from .registry import register
 
 
 def abc_ratios(labeled_counts: Sequence[int] | Tensor) -> Tensor:
@@ -59,27 +64,46 @@ def abc_unlabeled_mask(
     return ((conf >= threshold) & draw).float(), yhat
 
 
-class ABC(FixMatch):
-    """FixMatch on the main head + ABC's balanced losses on the ABC head (the one evaluated)."""
+@dataclass
+class ABCConfig:
+    """The auxiliary class-balanced classifier (ABC, Lee et al. 2021)."""
+
+    threshold: float = field(default=0.95, metadata={"range": FRACTION})
+    weight: float = field(default=1.0, metadata={"range": at_least(0)})
+
+
+@register(aliases={"abc": "fixmatch+abc"})
+class ABC(Plugin):
+    """ABC's balanced losses on its own head h_a (the one evaluated), on top of a base's losses."""
 
     name = "abc"
-    eval_head = "abc"
+    kind = "term"
+    role = "imbalance"
+    Config = ABCConfig
+    title = "ABC"
+    summary = "ABC (an auxiliary class-balanced classifier)"
+    balanced_head = "abc"
+    reported_with = ("fixmatch", "remixmatch")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("ratios", abc_ratios(self.labeled_counts), persistent=False)
+    def __init__(self, cfg: ABCConfig, ctx: Any) -> None:
+        super().__init__(cfg, ctx)
+        self.register_buffer("ratios", abc_ratios(ctx.labeled_counts), persistent=False)
+
+    @classmethod
+    def heads(cls, cfg: Any) -> tuple[Head, ...]:
+        return (Head("abc", description="ABC head h_a (the head ABC and BaCon evaluate)"),)
 
     def abc_losses(
         self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """(ABC loss, logs, q(u^w)) -- BaCon reuses q(u^w) for its pseudo-labels."""
+        """(ABC loss, logs, q(u^w))."""
         b, u = self.sizes(batch)
-        abc_lb, abc_w, abc_s = split_batch(out.logits_abc, b, u)
+        abc_lb, abc_w, abc_s = split_batch(out.logits_abc[: b + 2 * u], b, u)
         g = self.generator(step, abc_lb.device)
         mask_lb = abc_labeled_mask(batch["y_lb"], self.ratios, g)
         q_w, _, _ = pseudo_labels(abc_w)
         mask_u, yhat = abc_unlabeled_mask(
-            q_w, self.ratios, step / max(total_steps, 1), self.cfg.abc.threshold, g
+            q_w, self.ratios, step / max(total_steps, 1), self.cfg.threshold, g
         )
         loss_lb = masked_cross_entropy(abc_lb, batch["y_lb"], mask_lb)
         loss_ulb = masked_cross_entropy(abc_s, yhat, mask_u)
@@ -94,10 +118,7 @@ class ABC(FixMatch):
         return loss, logs, q_w
 
     def loss(
-        self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int
+        self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int, algo: Any = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        loss_fm, logs = self.fixmatch_losses(out, batch)
-        loss_abc, logs_abc, _ = self.abc_losses(out, batch, step, total_steps)
-        loss = loss_fm + self.cfg.abc.weight * loss_abc
-        logs.update(logs_abc, loss=loss.detach())
-        return loss, logs
+        loss_abc, logs, _ = self.abc_losses(out, batch, step, total_steps)
+        return self.cfg.weight * loss_abc, logs

@@ -1,4 +1,4 @@
-"""BaCon (Feng et al., AAAI 2024): ABC + a balanced feature-level contrastive loss.
+"""BaCon (Feng et al., AAAI 2024): a balanced feature-level contrastive term over a base (+ ABC).
 
 Each anchor z_i is pulled toward its class center c_{a_i} (from the memory bank, no gradient) with a
 class-dependent temperature (Balanced Temperature Adjusting) and pushed from the batch's reliable
@@ -9,14 +9,21 @@ there, computed with a few matrix products instead of loops over classes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .abc import ABC
+from bacon_zoo.config import FRACTION, Range, above, at_least
+from bacon_zoo.errors import UserError
+from bacon_zoo.models.bacon_net import Head
+
 from .bank import MemoryBank
+from .base import Plugin
+from .fixmatch import pseudo_labels
+from .registry import register
 
 
 def bta_temperatures(
@@ -29,8 +36,7 @@ def bta_temperatures(
     (max n = 0) gives tau0 everywhere.
     """
     n = class_counts.float()
-    n_max = n.max()
-    ratio = torch.where(n_max > 0, n / n_max.clamp_min(1e-12), torch.zeros_like(n))
+    ratio = n / n.max().clamp_min(1e-12)  # counts are >= 0: an all-empty bank gives 0 / 1e-12 = 0
     if isinstance(progress, Tensor):
         fade = (1.0 - progress.to(n).clamp(0.0, 1.0)) ** 2
     else:  # a Python number stays on the host: no tensor is made from it (a copy on a GPU)
@@ -44,16 +50,21 @@ def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def reliable_negatives(
-    anchor_labels: Tensor, is_labeled: Tensor, topk: Tensor, num_classes: int
+    anchor_labels: Tensor,
+    is_labeled: Tensor,
+    topk: Tensor,
+    num_classes: int,
+    own: Tensor | None = None,
 ) -> Tensor:
     """neg[k, j]: is sample j a negative of class k?  [K, n] bool.
 
     E_k = {labeled j: y_j != k} u {unlabeled j: k not in topk_j}, and never a sample whose own
     (pseudo-)label is k, so self-pairs cannot enter nu. `topk` = the pseudo-label alone
-    ([n, 1]) gives plain label-based negatives (RNS off).
+    ([n, 1]) gives plain label-based negatives (RNS off). `own`: the labels' one-hot [n, K] bool, if
+    the caller has it.
     """
     n = anchor_labels.numel()
-    own = _one_hot(anchor_labels, num_classes)  # [n, K]
+    own = _one_hot(anchor_labels, num_classes) if own is None else own  # [n, K]
     in_topk = torch.zeros(n, num_classes, dtype=torch.bool, device=anchor_labels.device)
     if topk.numel():
         in_topk.scatter_(1, topk.long(), True)
@@ -97,8 +108,9 @@ def bacon_contrastive_terms(
         log_pi = (z * c[a]).sum(1) / tau[a] - shift  # log pi_i - m
         sim = torch.exp(z @ z.T / tau0 - shift)  # exp(cos/tau0 - m), [n, n]
 
-        onehot = _one_hot(a, num_classes).to(dtype)  # [n, K]
-        neg = reliable_negatives(a, is_labeled, topk, num_classes).to(dtype)  # [K, n]
+        own = _one_hot(a, num_classes)  # [n, K] bool
+        onehot = own.to(dtype)
+        neg = reliable_negatives(a, is_labeled, topk, num_classes, own).to(dtype)  # [K, n]
         neg_sum = ((onehot.T @ sim) * neg).sum(1)  # [K]: sum over {i: a_i = k} x E_k
         pairs = onehot.sum(0) * neg.sum(1)  # [K]: |{i: a_i = k}| * |E_k|
         nu = neg_sum / pairs.clamp_min(1.0)
@@ -106,7 +118,7 @@ def bacon_contrastive_terms(
         eps = torch.exp(math.log(1e-8) - shift)
         rest = (neg_scale * nu[a] + eps).clamp_min(torch.finfo(dtype).tiny)
         losses = torch.logaddexp(log_pi, rest.log()) - log_pi
-        usable = valid_c[a] & (pairs[a] > 0)
+        usable = (valid_c & (pairs > 0))[a]
     return losses, usable
 
 
@@ -142,46 +154,102 @@ def reduce_anchors(losses: Tensor, keep: Tensor) -> Tensor:
     return (w * losses).sum() / (w.sum() + 1e-8)
 
 
-class BaCon(ABC):
-    """ABC + L_con after `cfg.bacon.start * T` steps; banks are filled from step 0.
+@dataclass
+class BaconConfig:
+    """Every constant of BaCon's contrastive term; defaults are the latest release's values."""
+
+    # projection size d (32 in the first release)
+    proj_dim: int = field(default=16, metadata={"range": at_least(1)})
+    # base temperature; negatives always use it
+    tau0: float = field(default=0.1, metadata={"range": above(0)})
+    # BTA strength (below 1 keeps every class temperature positive)
+    eta: float = field(default=0.005, metadata={"range": Range(0.0, 1.0, hi_open=True)})
+    # Reliable Negative Selection: k not in top-k of q(u^w)
+    topk: int = field(default=3, metadata={"range": at_least(1)})
+    # constant factor on the class-level negative mean
+    neg_scale: float = field(default=64.0, metadata={"range": above(0)})
+    # anchor selection and feature-bank writes
+    anchor_threshold: float = field(default=0.98, metadata={"range": FRACTION})
+    # label-bank writes for unlabeled samples
+    bank_threshold: float = field(default=0.95, metadata={"range": FRACTION})
+    # contrastive term active when step > start * steps (1/3 in the first release)
+    start: float = field(
+        default=0.5,
+        metadata={"range": Range(0.0, 1.0, hint="; it is a fraction of the total steps")},
+    )
+    # BTA progress = step / (bta_horizon * steps), clipped to 1
+    bta_horizon: float = field(
+        default=1.0, metadata={"range": above(0, hint="; it is a multiple of the total steps")}
+    )
+    weight: float = field(default=1.0, metadata={"range": at_least(0)})  # loss weight of L_con
+    rns: bool = True  # Reliable Negative Selection; off = every other-class sample is a negative
+    bta: bool = True  # Balanced Temperature Adjusting; off = fixed tau0
+    official_quirks: bool = False  # the release's three quirks (docs/method.md, "Memory banks")
+
+
+@register(aliases={"bacon": "fixmatch+abc+bacon"})
+class BaCon(Plugin):
+    """L_con on the projection g after `start * T` steps, anchored on the algorithm's balanced head
+    (ABC's h_a, ACR's balanced branch); banks are filled from step 0.
 
     Per step: centers are read (as left by the previous step), the label bank is written, the loss
     is computed; `after_step` writes the feature bank, which moves the centers for the next step.
     """
 
     name = "bacon"
-    eval_head = "abc"
+    kind = "term"
+    role = "contrastive"
+    Config = BaconConfig
+    title = "BaCon's balanced contrastive term"
+    summary = (
+        "BaCon's balanced feature-level contrastive loss (class centers as positives, reliable "
+        "negative selection, balanced temperatures)"
+    )
+    needs_balanced_head = True
+    reported_with = ("fixmatch", "remixmatch")
+    threshold_field = "bank_threshold"
     resync_every = 1000  # full center recompute every this many steps (float32 drift); 0 = never
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        c = self.cfg.bacon
+    def __init__(self, cfg: BaconConfig, ctx: Any) -> None:
+        super().__init__(cfg, ctx)
         self.bank = MemoryBank(
-            self.num_classes,
-            self.num_labeled,
-            self.num_unlabeled,
-            c.proj_dim,
-            quirks=c.official_quirks,
-            gather=self.gather,
+            ctx.num_classes,
+            ctx.num_labeled,
+            ctx.num_unlabeled,
+            cfg.proj_dim,
+            quirks=cfg.official_quirks,
+            gather=ctx.gather,
         )
         self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
-    def temperatures(self, step: int, total_steps: int, device: torch.device) -> Tensor:
+    @classmethod
+    def heads(cls, cfg: BaconConfig) -> tuple[Head, ...]:
+        return (Head("proj", dim=cfg.proj_dim, kind="embedding", description="projection g"),)
+
+    @classmethod
+    def check_data(cls, cfg: BaconConfig, num_classes: int) -> None:
+        if cfg.rns and cfg.topk > num_classes:
+            raise UserError(
+                f"bacon.topk {cfg.topk} is above the number of classes ({num_classes}); Reliable "
+                "Negative Selection needs classes outside the top-k: use "
+                f"--set bacon.topk={max(1, num_classes - 1)} or less"
+            )
+
+    def temperatures(self, step: int, total_steps: int, device: torch.device | str) -> Tensor:
         """BTA over the label bank's class counts, or a fixed tau0 with bta=False."""
-        c = self.cfg.bacon
+        c = self.cfg
         if not c.bta:
             return torch.full((self.num_classes,), c.tau0, device=device)
         progress = min(1.0, step / max(c.bta_horizon * total_steps, 1e-12))
         return bta_temperatures(self.bank.class_counts(), progress, c.tau0, c.eta).to(device)
 
     def loss(
-        self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        c = self.cfg.bacon
+        self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int, algo: Any
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
+        c = self.cfg
         b, u = self.sizes(batch)
-        loss_fm, logs = self.fixmatch_losses(out, batch)
-        loss_abc, logs_abc, q_w = self.abc_losses(out, batch, step, total_steps)
-        logs.update(logs_abc)
+        balanced = getattr(out, algo.eval_output)  # the balanced head's logits (ABC's h_a, ...)
+        q_w, conf_w, yhat_w = pseudo_labels(balanced[b : b + u])
         if out.proj.shape[1] != self.bank.dim:
             raise ValueError(
                 f"projection has {out.proj.shape[1]} dims, bank expects {self.bank.dim}"
@@ -190,13 +258,10 @@ class BaCon(ABC):
         y_lb = batch["y_lb"]
 
         with torch.no_grad():
-            abc_lb = out.logits_abc[:b].detach().float()
-            conf_w, yhat_w = q_w.max(1)
-            selected = torch.cat([abc_lb.softmax(1).max(1).values, conf_w]) >= c.anchor_threshold
+            logits_lb = balanced[:b].detach().float()
+            selected = torch.cat([logits_lb.softmax(1).max(1).values, conf_w]) >= c.anchor_threshold
             test_w = (
-                out.logits_abc[b : b + u].detach().float().max(1).values
-                if c.official_quirks
-                else conf_w
+                balanced[b : b + u].detach().float().max(1).values if c.official_quirks else conf_w
             )
             ok_w = test_w >= c.bank_threshold  # quirk 1: raw logits vs probabilities
             ok_lb = torch.ones_like(y_lb, dtype=torch.bool)
@@ -220,18 +285,15 @@ class BaCon(ABC):
             losses, usable = bacon_contrastive_terms(
                 z, labels, is_labeled, topk, centers, tau, c.tau0, c.neg_scale, valid
             )
-            loss_con = reduce_anchors(losses, selected & usable)
-            used = (selected & usable).float().mean()
-            n_used, n_centers = (selected & usable).sum().float(), valid.sum().float()
+            keep = selected & usable
+            loss_con = reduce_anchors(losses, keep)
+            n_used, n_centers = keep.sum().float(), valid.sum().float()
+            used = n_used / (b + u)
         else:
             loss_con = used = n_used = n_centers = z.new_zeros((), dtype=torch.float32)
 
-        loss = loss_fm + self.cfg.abc.weight * loss_abc
-        if active:
-            loss = loss + c.weight * loss_con
         n_slots = self.bank.labels.numel()
-        logs.update(
-            loss=loss.detach(),
+        logs = dict(
             loss_con=loss_con.detach(),
             anchors=selected.float().mean(),
             anchors_used=used.detach(),
@@ -240,7 +302,7 @@ class BaCon(ABC):
             con_anchors=n_used,  # anchors in L_con this step (0: the term did not engage)
             con_centers=n_centers,  # valid class centers L_con could use this step
         )
-        return loss, logs
+        return (c.weight * loss_con if active else None), logs
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Write the feature bank with this step's anchors (all pending micro-batches, in order)."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Algorithm, split_batch
+from bacon_zoo.config import FRACTION, at_least
+
+from .base import Plugin, split_batch
+from .registry import register
 
 
 def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -35,30 +39,39 @@ def fixmatch_unlabeled_loss(
     return masked_cross_entropy(logits_s, label, mask), mask
 
 
-class FixMatch(Algorithm):
-    """L = L_s + lambda_u * L_u on the main head."""
+@dataclass
+class FixMatchConfig:
+    """FixMatch's unlabeled consistency loss (hard pseudo-labels)."""
+
+    threshold: float = field(default=0.95, metadata={"range": FRACTION})
+    lambda_u: float = field(default=1.0, metadata={"range": at_least(0)})
+
+
+@register
+class FixMatch(Plugin):
+    """L = L_s + lambda_u * L_u on the main head (one forward over [x | u^w | u^s])."""
 
     name = "fixmatch"
-    eval_head = "main"
+    Config = FixMatchConfig
+    title = "FixMatch"
+    summary = "FixMatch (confidence-thresholded pseudo-labels on strongly augmented views)"
 
-    def fixmatch_losses(
-        self, out: Any, batch: dict[str, Tensor]
+    def loss(
+        self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int, algo: Any = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         b, u = self.sizes(batch)
         logits_lb, logits_w, logits_s = split_batch(out.logits, b, u)
         loss_x = F.cross_entropy(logits_lb.float(), batch["y_lb"])
-        loss_u, mask = fixmatch_unlabeled_loss(logits_s, logits_w, self.cfg.fixmatch.threshold)
+        loss_u, mask = fixmatch_unlabeled_loss(logits_s, logits_w, self.cfg.threshold)
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
         y_ulb = batch.get("y_ulb")
         if y_ulb is not None:  # diagnostics only: accuracy of the kept pseudo-labels
-            known = (y_ulb >= 0).float() * mask
-            hit = (logits_w.detach().argmax(-1) == y_ulb).float() * known
-            logs["pl_acc"] = hit.sum() / known.sum().clamp_min(1.0)
-        return loss_x + self.cfg.fixmatch.lambda_u * loss_u, logs
+            logs["pl_acc"] = pseudo_label_accuracy(logits_w, y_ulb, mask)
+        return loss_x + self.cfg.lambda_u * loss_u, logs
 
-    def loss(
-        self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, logs = self.fixmatch_losses(out, batch)
-        logs["loss"] = loss.detach()
-        return loss, logs
+
+def pseudo_label_accuracy(logits_w: Tensor, y_ulb: Tensor, mask: Tensor) -> Tensor:
+    """Accuracy of the kept pseudo-labels among the samples whose true label is known (a log)."""
+    known = (y_ulb >= 0).float() * mask
+    hit = (logits_w.detach().argmax(-1) == y_ulb).float() * known
+    return hit.sum() / known.sum().clamp_min(1.0)

@@ -32,6 +32,21 @@ from bacon_zoo.data.views import crop_flip, crop_padding, draw_crop_flip, normal
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
 # what a per-step generator seed is for (the last entry of its seed sequence)
 _WEAK, _STRONG_CROP, _STRONG_AUG = 0, 1, 2
+DEFAULT_UNLABELED_VIEWS = {"x_w": "weak", "x_s": "strong"}
+
+
+def strong_index(view: str) -> int | None:
+    """None for "weak"; i for the i-th independent strong view: "strong" is 0, "strong<i>" is i
+    (its crop and RandAugment draws have their own seeds, tags 1 + 2i and 2 + 2i)."""
+    if view == "weak":
+        return None
+    if view == "strong":
+        return 0
+    if view.startswith("strong") and view[6:].isdigit() and int(view[6:]) > 0:
+        return int(view[6:])
+    raise ValueError(f"unknown view '{view}' (weak | strong | strong<i>)")
+
+
 RANDAUGMENT_OPS_PER_IMAGE = 3
 
 
@@ -161,9 +176,8 @@ class TrainStream:
         """Every view's crop/flip of this rank's images (uint8), made in one gather."""
         draws = []
         for view in self.views.values():
-            if view not in ("weak", "strong"):
-                raise ValueError(f"unknown view '{view}' (weak | strong)")
-            gen, n, mine = self._seeded(step, _WEAK if view == "weak" else _STRONG_CROP)
+            i = strong_index(view)
+            gen, n, mine = self._seeded(step, _WEAK if i is None else _STRONG_CROP + 2 * i)
             top, left, flip = draw_crop_flip(n, self.images.shape[2:], gen, self.pad)
             draws.append((top[mine], left[mine], flip[mine]))
         if len(draws) == 1:
@@ -172,8 +186,8 @@ class TrainStream:
         crops = crop_flip(self.images, idx.repeat(len(draws)), top, left, flip, self.pad)
         return list(crops.chunk(len(draws)))
 
-    def _rand_augment(self, step: int, x: Tensor) -> Tensor:
-        gen, n, mine = self._seeded(step, _STRONG_AUG)
+    def _rand_augment(self, step: int, x: Tensor, i: int = 0) -> Tensor:
+        gen, n, mine = self._seeded(step, _STRONG_AUG + 2 * i)
         p = draw_params(n, gen, RANDAUGMENT_OPS_PER_IMAGE)
         return apply_params(
             x, RandAugmentParams(p.ops, p.op_idx[mine], p.magnitude[mine], p.cutout[mine])
@@ -184,8 +198,9 @@ class TrainStream:
         idx = _to(torch.from_numpy(self.sampler.batch(step)), self.data_device)
         out = {"idx": _to(idx, self.device), "y": _to(self.labels[idx], self.device)}
         for (key, view), x in zip(self.views.items(), self._crops(step, idx)):
-            if view == "strong":
-                x = self._rand_augment(step, x)
+            i = strong_index(view)
+            if i is not None:
+                x = self._rand_augment(step, x, i)
             out[key] = resize(normalize(_to(x, self.device), self.mean, self.std), self.input_size)
         return out
 
@@ -212,8 +227,12 @@ def make_train_loaders(
     device: torch.device | str = "cpu",
     data_device: torch.device | str | None = None,
     input_size: int | None = None,
+    unlabeled_views: dict[str, str] | None = None,
 ) -> tuple[TrainStream, TrainStream]:
     """Endless labeled {"x", "y", "idx"} and unlabeled {"x_w", "x_s", "y", "idx"} streams.
+
+    `unlabeled_views` (the algorithm's: key -> "weak" | "strong" | "strong<i>") replaces the default
+    weak + strong pair, e.g. ACR's second strong view {"x_w": "weak", "x_s": "strong", "x_s1": "strong1"}.
 
     Per rank and step: `batch_size` labeled weak views, `mu * batch_size` unlabeled weak + strong views;
     x float32 [n, 3, H, W] normalised with (mean, std), y / idx int64 [n], all on `device`. The uint8
@@ -229,7 +248,7 @@ def make_train_loaders(
     unl = TrainStream(
         unlabeled,
         mu * batch_size,
-        {"x_w": "weak", "x_s": "strong"},
+        dict(unlabeled_views or DEFAULT_UNLABELED_VIEWS),
         stream=UNLABELED_STREAM,
         **common,
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bacon_zoo.data.presets import dataset_slug, dataset_title, preset_of
+from bacon_zoo.errors import UserError
 from bacon_zoo.hub.names import (
     needs_bacon_zoo,
     setting_string,
@@ -39,16 +40,6 @@ from bacon_zoo.run.layout import METRICS as METRICS_FILE
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard
 
-ALGORITHMS = {
-    "fixmatch": "FixMatch (confidence-thresholded pseudo-labels on strongly augmented views)",
-    "abc": "FixMatch + ABC (an auxiliary class-balanced classifier)",
-    "bacon": "BaCon: FixMatch + ABC + a balanced feature-level contrastive loss with class centers "
-    "as positives, reliable negative selection and balanced temperatures",
-}
-HEADS = {
-    "abc": "the EMA model's ABC head h_a (the head ABC and BaCon evaluate)",
-    "main": "the EMA model's main head h (the head FixMatch evaluates)",
-}
 # which code produced a run (config.yaml `protocol`; runs without the key predate it)
 PROTOCOLS = {
     PROTOCOL: "the release's protocol: USB's WRN, the release's weight-decay groups, its "
@@ -65,11 +56,11 @@ METRICS = {
     "tail": ("tail_accuracy", "Tail-class accuracy"),
 }
 # keys of the training protocol (docs/method.md, "Protocol of the paper"); the dataclass defaults are it
+# (+ the run's algorithm sections, from the plug-in registry)
 PROTOCOL_KEYS = (
     "steps", "batch_size", "mu", "lr", "lr_schedule", "warmup_steps", "momentum", "nesterov",
     "weight_decay", "weight_decay_all", "ema_decay", "image_size", "eval_every", "max_eval_samples",
-    "pretrained", "include_labeled_in_unlabeled", "bn_momentum", "ema_warmup", "head_init", "fixmatch",
-    "abc", "bacon",
+    "pretrained", "include_labeled_in_unlabeled", "bn_momentum", "ema_warmup", "head_init",
 )  # fmt: skip
 CITATION = """\
 @inproceedings{feng2024bacon,
@@ -100,6 +91,25 @@ DIFFERENCES = (
 
 # ---------------------------------------------------------------------------------------------
 # small formatters and data-set names
+
+
+def algorithm_info(algorithm: str | None) -> dict[str, Any]:
+    """What the plug-in registry says about a run's algorithm (`describe`): base, imbalance method,
+    BaCon term, summary, notes; a name it does not know is shown as written."""
+    from bacon_zoo.algorithms import describe
+
+    try:
+        return describe(str(algorithm))
+    except UserError:
+        unknown = {"imbalance": "unknown", "contrastive": "unknown", "notes": [], "sections": []}
+        return {"name": algorithm, "base": algorithm, "summary": algorithm, **unknown}
+
+
+def head_text(head: str) -> str:
+    """The evaluated head as its plug-in describes it ("the EMA model's ABC head h_a ...")."""
+    from bacon_zoo.algorithms import head_description
+
+    return f"the EMA model's {head_description(head)}"
 
 
 def _num(x: Any) -> str:
@@ -205,7 +215,7 @@ def contrastive_summary(recipe: dict, history: list[dict]) -> dict[str, Any] | N
     """For a BaCon run: how many steps the contrastive term was scheduled, how many it really had
     anchors in its loss, with how many anchors and valid centers on average (None for other
     algorithms). `engaged` is True / False, or None when the run did not record the counts."""
-    if recipe.get("algorithm") != "bacon":
+    if "bacon" not in algorithm_info(recipe.get("algorithm"))["sections"]:
         return None
     b = recipe.get("bacon") or {}
     steps, start = int(recipe.get("steps") or 0), float(b.get("start", 0.5))
@@ -289,7 +299,7 @@ def _protocol_diff(recipe: dict) -> list[str]:
 
     default = TrainConfig().to_dict()
     lines = []
-    for key in PROTOCOL_KEYS:
+    for key in (*PROTOCOL_KEYS, *algorithm_info(recipe.get("algorithm"))["sections"]):
         ours, ref = recipe.get(key), default.get(key)
         if isinstance(ref, dict):
             for sub, ref_v in ref.items():
@@ -468,6 +478,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     protocol = protocol_of(recipe)
     arch = net.get("architecture", recipe.get("backbone"))
     con = contrastive_summary(recipe, history)
+    info = algorithm_info(algorithm)
     warning = never_engaged_note(con)
 
     card_data = ModelCardData(
@@ -498,14 +509,14 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         L += [f"**Produced by {PROTOCOLS.get(protocol, protocol)} (protocol `{protocol}`).**", ""]
     L += [
         f"A `{arch}` image classifier for "
-        f"{data['num_classes']} classes, trained with **{ALGORITHMS.get(algorithm, algorithm)}** on a "
+        f"{data['num_classes']} classes, trained with **{info['summary']}** on a "
         f"long-tailed labeled/unlabeled split of {dataset_title(dataset)} (`{dataset_ref(dataset)}`, "
         f"{setting}{revision_note}) with "
         "bacon-zoo, a timm/accelerate model zoo for class-imbalanced semi-supervised learning.",
         "",
         f"The timm classifier in this repo is the EMA model at step {step} (checkpoint "
-        f"`{net.get('checkpoint')}`) with {HEADS.get(head, head)} as its classifier. "
-        f"`{NET_WEIGHTS}` holds the full BaCon network (backbone, both heads, projection) "
+        f"`{net.get('checkpoint')}`) with {head_text(head)} as its classifier. "
+        f"`{NET_WEIGHTS}` holds the full network (backbone and every head of its algorithm) "
         "for continued training.",
         "",
         f"Training protocol: `{protocol}` ({PROTOCOLS.get(protocol, 'unknown')}).",
@@ -519,7 +530,7 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     L += ["", "## Results", ""]
     L += [
         f"Test set of {data.get('num_test', 'n/a')} images, evaluated every "
-        f"{recipe.get('eval_every')} steps with {HEADS.get(head, head)}. The paper reports the best "
+        f"{recipe.get('eval_every')} steps with {head_text(head)}. The paper reports the best "
         "top-1 over training (first column, also the headline number in the metadata); "
         f"the weights in this repo are those of step {step}"
         + (" (the last evaluation)." if step == (summary.get("last") or {}).get("step") else "."),
@@ -578,7 +589,11 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         + f", seed {recipe.get('seed')}"
         + (f", median throughput {ips:,.0f} images/s" if isinstance(ips, (int, float)) else ""),
     ]
-    if algorithm == "bacon":
+    L.append(
+        f"- base algorithm: {info['base']}; imbalance method: {info['imbalance']}; BaCon term: "
+        f"{'yes' if 'bacon' in info['sections'] else 'no'}"
+    )
+    if "bacon" in info["sections"]:
         b = recipe.get("bacon") or {}
         L.append(
             f"- BaCon: projection d = {b.get('proj_dim')}, tau0 = {_num(b.get('tau0'))}, "
@@ -599,13 +614,15 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     L += [f"- {d}" for d in DIFFERENCES]
     if protocol != PROTOCOL:
         L += [f"- This run predates the release protocol: {PROTOCOLS.get(protocol, protocol)}."]
-    if algorithm == "fixmatch" and recipe.get("lr_schedule") == "constant":
+    L += [f"- {note}" for note in info["notes"]]
+    if info["name"] == "fixmatch" and recipe.get("lr_schedule") == "constant":
         L += [
             "- This FixMatch baseline uses the release's BaCon protocol (constant learning rate); "
             "USB trains plain FixMatch with a cosine schedule (`--lr-schedule cosine`)."
         ]
-    quirks = (recipe.get("bacon") or {}).get("official_quirks")
-    L += [f"- This run: `bacon.official_quirks` is {'on' if quirks else 'off'}."]
+    if "bacon" in info["sections"] or "bacon" in recipe:
+        quirks = (recipe.get("bacon") or {}).get("official_quirks")
+        L += [f"- This run: `bacon.official_quirks` is {'on' if quirks else 'off'}."]
     diff = _protocol_diff(recipe) + _runtime_diff(recipe, summary)
     L += [
         "- This run's settings that differ from the release's training protocol: "

@@ -256,6 +256,7 @@ def write_model_files(
         "backbone_kwargs": dict(net.backbone_kwargs),
         "num_classes": net.num_classes,
         "proj_dim": net.proj_dim,
+        "heads": [h.to_dict() for h in net.heads],  # the algorithm's extra heads, in build order
         "eval_head": head,
         "class_names": list(class_names),
         **info,

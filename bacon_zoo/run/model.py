@@ -17,7 +17,7 @@ def build_model(
     for_training: bool = True,
     init_from: str | Path | None = None,
 ) -> BaconNet:
-    """The one way to build a run's BaconNet: backbone, both heads and the projection.
+    """The one way to build a run's BaconNet: backbone, main head and the heads of its algorithm.
 
     `for_training` adds what only a fresh training run wants: timm's pretrained weights
     (`--pretrained`), a full BaconNet to start from (`--init-from`), the BN-momentum override and
@@ -27,12 +27,13 @@ def build_model(
     """
     import torch
 
+    from bacon_zoo.algorithms import model_heads
     from bacon_zoo.models import BaconNet
 
     model = BaconNet(
         cfg.backbone,
         num_classes=num_classes,
-        proj_dim=cfg.bacon.proj_dim,
+        heads=model_heads(cfg),  # the main head + the heads the algorithm's plug-ins ask for
         pretrained=cfg.pretrained and for_training,
         backbone_kwargs=cfg.backbone_kwargs,
         head_init=cfg.head_init,

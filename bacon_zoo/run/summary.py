@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bacon_zoo.errors import UserError
-
 if TYPE_CHECKING:
     from bacon_zoo.config import TrainConfig
 
@@ -19,12 +17,9 @@ LEGACY_PROTOCOL = "v1"
 
 def eval_head_of(algorithm: str) -> str:
     """Which head a run of `algorithm` is evaluated with, as the algorithm registry says."""
-    from bacon_zoo.algorithms import ALGORITHMS
+    from bacon_zoo.algorithms import eval_head_of as registry_eval_head
 
-    cls = ALGORITHMS.get(algorithm)
-    if cls is None:
-        raise UserError(f"unknown algorithm '{algorithm}'; known: {', '.join(ALGORITHMS)}")
-    return cls.eval_head
+    return registry_eval_head(algorithm)
 
 
 def summary_record(cfg: TrainConfig, history: list[dict], status: str, **extra: Any) -> dict:

@@ -121,16 +121,18 @@ def load_bacon_net_weights(model: BaconNet, source: str | Path) -> None:
 
 def load_bacon_net(source: str | Path) -> BaconNet:
     """Rebuild the exported BaconNet (eval mode) from `bacon_net.json` + `bacon_net.safetensors`."""
-    from bacon_zoo.models import BaconNet
+    from bacon_zoo.models import BaconNet, Head
 
     folder = local_folder(source)
     info = read_net_info(folder, str(source))
+    heads = info.get("heads")  # exports before algorithm-chosen heads have the full BaCon set
     net = BaconNet(
         info["backbone"],
         num_classes=int(info["num_classes"]),
-        proj_dim=int(info["proj_dim"]),
+        proj_dim=int(info.get("proj_dim") or 16),
         pretrained=False,
         backbone_kwargs=info.get("backbone_kwargs") or {},
+        heads=None if heads is None else [Head(h["name"], h.get("dim"), h["kind"]) for h in heads],
     )
     load_bacon_net_weights(net, folder)
     return net.eval()

@@ -32,7 +32,6 @@ COLUMNS = [
 ]  # fmt: skip
 # Columns that measure time (differ between two runs of the same cells); everything else is reproducible.
 TIMING_COLUMNS = ("images_per_s", "wall_time_s", "device_hours", "est_device_hours")
-ALGORITHMS = ("fixmatch", "abc", "bacon")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,22 +279,52 @@ def points_table(points: list[dict], axes: dict[str, list]) -> list[str]:
     return _table(header, lines)
 
 
+def _with_bacon(algorithm: str) -> bool:
+    """Does `algorithm` have BaCon's term (the plug-in registry says)?"""
+    from bacon_zoo.algorithms import describe
+
+    try:
+        return "bacon" in describe(algorithm)["sections"]
+    except UserError:
+        return False
+
+
+def _size(algorithm: str) -> int:
+    from bacon_zoo.algorithms import components
+
+    return len(components(algorithm))
+
+
+def _short_title(algorithm: str) -> str:
+    """ABC for fixmatch+abc, FixMatch for fixmatch, ACR for acr: the imbalance method, else the base."""
+    from bacon_zoo.algorithms import describe
+
+    info = describe(algorithm)
+    return info["imbalance"] if info["imbalance"] != "none" else info["base"]
+
+
 def gains_table(points: list[dict], axes: dict[str, list]) -> list[str]:
-    """BaCon - ABC and BaCon - FixMatch per backbone (and any other axis), in points."""
-    if "algorithm" not in axes or "backbone" not in axes or "bacon" not in axes["algorithm"]:
+    """BaCon - each algorithm without BaCon's term (ABC, FixMatch, ...) per backbone (and any other
+    axis), in points."""
+    if "algorithm" not in axes or "backbone" not in axes:
+        return []
+    names = [str(a) for a in axes["algorithm"]]
+    target = next((a for a in names if _with_bacon(a)), None)
+    if target is None:
         return []
     others = [a for a in axes if a != "algorithm"]
-    rivals = [a for a in ("abc", "fixmatch") if a in axes["algorithm"]]
+    # the closest rival first: more plug-ins (FixMatch + ABC) before fewer (FixMatch)
+    rivals = sorted((a for a in names if not _with_bacon(a)), key=lambda a: -_size(a))
     by_key: dict[tuple, dict[str, dict]] = {}
     for p in points:
         key = tuple(format_value(p["values"][a]) for a in others)
         by_key.setdefault(key, {})[str(p["values"]["algorithm"])] = p
     header = [*others, "params", "images/s", "BaCon top-1"] + [
-        f"BaCon − {'ABC' if r == 'abc' else 'FixMatch'}" for r in rivals
+        f"BaCon − {_short_title(r)}" for r in rivals
     ]
     lines = []
     for key, algos in by_key.items():
-        bacon = algos.get("bacon")
+        bacon = algos.get(target)
         if bacon is None:
             continue
         params, ips = bacon["params"][0], bacon["images_per_s"][0]

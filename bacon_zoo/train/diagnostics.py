@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bacon_zoo.algorithms.bank import MemoryBank
+from bacon_zoo.models.bacon_net import output_field
 
 # ---------------------------------------------------------------------------------------------
 # pure functions
@@ -87,7 +88,7 @@ class TrainingDiagnostics:
     diag.update(out, batch)        # every step: on-device counters, no host sync
     record["diagnostics"] = diag.compute(algo)   # every evaluation: lists, floats; resets the window
 
-    Pseudo-labels are those of the evaluation head (`logits_abc` for "abc", else `logits`) on the weak
+    Pseudo-labels are those of the evaluation head (`logits_<head>`, `logits` for "main") on the weak
     unlabeled views, confident when max softmax >= `threshold`. Under several processes `compute` sums
     the windows of all ranks with `algo.gather` (a collective: call it on every rank, as the evaluation
     is). `state_dict`/`load_state_dict` make a resume exact; registered with the checkpoint or not, a
@@ -106,8 +107,8 @@ class TrainingDiagnostics:
         num_unlabeled: int | None = None,
         rank: int = 0,
     ) -> None:
-        if eval_head not in ("main", "abc"):
-            raise ValueError(f"eval_head must be 'main' or 'abc', got {eval_head!r}")
+        if not eval_head.isidentifier():
+            raise ValueError(f"eval_head must be a head name, got {eval_head!r}")
         k = int(num_classes)
         self.num_classes, self.eval_head, self.threshold = k, eval_head, float(threshold)
         self.labeled_counts = [int(c) for c in labeled_counts]
@@ -153,7 +154,7 @@ class TrainingDiagnostics:
         """Count this step's confident pseudo-labels of the weak unlabeled views and, from the
         algorithm's logs, whether BaCon's contrastive term engaged (no host sync)."""
         b, u = int(batch["y_lb"].shape[0]), int(batch["idx_ulb"].shape[0])
-        logits = out.logits_abc if self.eval_head == "abc" else out.logits
+        logits = getattr(out, output_field(self.eval_head))
         if self.confusion.device != logits.device:
             self.to(logits.device)
         k, dev = self.num_classes, logits.device

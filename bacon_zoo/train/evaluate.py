@@ -12,6 +12,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from bacon_zoo.metrics import classification_metrics
+from bacon_zoo.models.bacon_net import output_field
 
 
 @torch.no_grad()
@@ -23,7 +24,8 @@ def predict(
     channels_last: bool = False,
     features: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Predictions of `head` ("main" or "abc") over every test image once, sorted by image index.
+    """Predictions of classifier `head` ("main", "abc", ...) over every test image once, sorted by
+    image index.
 
     Each rank runs its own shard (`make_eval_loader(..., rank, world_size)`); the shards are gathered
     once at the end, so there is one host transfer per evaluation, not one per batch. With
@@ -45,13 +47,17 @@ def predict(
         )
         with ctx:
             out = model(x)
-        logits = (out.logits_abc if head == "abc" else out.logits).float()
+        logits = getattr(out, output_field(head)).float()
         parts["probs"].append(logits.softmax(dim=-1))
         parts["labels"].append(batch["y"])
         parts["indices"].append(batch["idx"])
         if features:
             parts["features"].append(out.feat.float())
-            parts["projections"].append(out.proj.float())
+            # [n, 0] for a net whose algorithm has no projection (FixMatch): no projection space
+            proj = getattr(out, "proj", None)
+            parts["projections"].append(
+                proj.float() if proj is not None else out.feat.new_zeros(len(out.feat), 0).float()
+            )
     model.train(was_training)
     local = {k: torch.cat(v).cpu().numpy() if v else np.empty(0) for k, v in parts.items()}
     shards = gather_object([local]) if accelerator is not None else [local]

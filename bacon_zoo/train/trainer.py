@@ -27,13 +27,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch import Tensor
 
-from bacon_zoo.algorithms import Algorithm, create_algorithm
+from bacon_zoo.algorithms import Algorithm, check_against_data, components, create_algorithm
 from bacon_zoo.config import TrainConfig, config_diff, fingerprint
 from bacon_zoo.data import SSLData, make_eval_loader, make_train_loaders, prepare_data
 from bacon_zoo.data.views import RESIZE_INTERPOLATION
@@ -171,16 +172,14 @@ def make_step_parts(
 def train_step(
     parts: StepParts, lb: dict[str, Tensor], ulb: dict[str, Tensor], step: int
 ) -> tuple[dict[str, Tensor], object, dict[str, Tensor]]:
-    """Forward on [labeled weak | unlabeled weak | unlabeled strong], loss, backward, SGD, schedule,
-    the algorithm's after-step update and the EMA. Returns (logs as device tensors, outputs, batch)."""
+    """The algorithm's forward pass(es) and loss (by default one forward on [labeled weak | unlabeled
+    weak | unlabeled strong]), backward, SGD, schedule, the algorithm's after-step update and the EMA.
+    Returns (logs as device tensors, outputs, batch)."""
     acc = parts.accelerator
-    x = torch.cat([lb["x"], ulb["x_w"], ulb["x_s"]])
-    if parts.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    batch = {"y_lb": lb["y"], "idx_lb": lb["idx"], "idx_ulb": ulb["idx"], "y_ulb": ulb["y"]}
+    batch = parts.algo.make_batch(lb, ulb)
+    batch["channels_last"] = parts.channels_last
     with acc.autocast():
-        out = parts.model(x)
-        loss, logs = parts.algo.loss(out, batch, step, parts.total_steps)
+        loss, logs, out = parts.algo.forward_loss(parts.model, batch, step, parts.total_steps)
     acc.backward(loss)
     parts.optimizer.step()
     parts.scheduler.step()
@@ -321,7 +320,7 @@ def _check_step_memory(cfg: TrainConfig, device: torch.device, precision: str) -
             return
     except Exception:  # a backbone the meta device cannot run: `_check_backbone_runs` will tell
         return
-    images = cfg.batch_size * (1 + 2 * cfg.mu)
+    images = cfg.batch_size * (1 + _views(cfg) * cfg.mu)
     need = per_image * images * (2 if precision in ("bf16", "fp16") else 4)
     if need > free:
         raise UserError(
@@ -347,11 +346,12 @@ def _check_against_data(cfg: TrainConfig, data: SSLData, world: int) -> None:
             f"mu x batch_size = {cfg.mu * cfg.batch_size}{procs} unlabeled images per step is more "
             f"than the unlabeled set ({n_unl} images); lower --mu or --batch-size, or raise --m1"
         )
-    if cfg.algorithm == "bacon" and cfg.bacon.rns and cfg.bacon.topk > k:
-        raise UserError(
-            f"bacon.topk {cfg.bacon.topk} is above the number of classes ({k}); Reliable Negative "
-            f"Selection needs classes outside the top-k: use --set bacon.topk={max(1, k - 1)} or less"
-        )
+    check_against_data(cfg, k)  # each algorithm plug-in's own checks (e.g. bacon.topk <= K)
+
+
+def _views(cfg: TrainConfig) -> int:
+    """Views per unlabeled image that the algorithm's base asks the stream for."""
+    return len(components(cfg.algorithm)[0].unlabeled_views)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,8 +561,8 @@ def _train(
         mixed_precision=precision,
         log_with=None if cfg.log_with == "none" else cfg.log_with,
         project_config=ProjectConfiguration(project_dir=str(run.path)),
-        # FixMatch never uses the ABC head or the projection, and BaCon's projection only joins the
-        # loss after `bacon.start`: DDP must tolerate parameters without gradients
+        # a head may sit out a step (BaCon's projection only joins the loss after `bacon.start`):
+        # DDP must tolerate parameters without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -588,12 +588,16 @@ def _train(
         seed=cfg.seed,
         rank=rank,
         gather=accelerator.gather,
+        # which unlabeled images are labeled ones too (include_labeled_in_unlabeled; ACR's estimate)
+        unlabeled_is_labeled=torch.from_numpy(
+            np.isin(data.split.unlabeled_idx, data.split.labeled_idx)
+        ),
     )
     # pseudo-label quality and memory-bank geometry between evaluations (metrics.jsonl "diagnostics")
     diag = TrainingDiagnostics(
         data.num_classes,
         algo.eval_head,
-        cfg.abc.threshold if algo.eval_head == "abc" else cfg.fixmatch.threshold,
+        algo.threshold,
         data.labeled_counts,
         data.split.unlabeled_counts,
         len(data.labeled.labels),
@@ -625,6 +629,7 @@ def _train(
         data.labeled, data.unlabeled, cfg.batch_size, cfg.mu, mean, std,
         seed=cfg.seed, rank=rank, world_size=world, start_step=start,
         device=accelerator.device, data_device=data_device, input_size=input_size(cfg),
+        unlabeled_views=algo.unlabeled_views,
     )  # fmt: skip
     lb_iter, ulb_iter = iter(lb_stream), iter(ulb_stream)
     eval_batches = make_eval_loader(
@@ -645,7 +650,7 @@ def _train(
         f"precision {accelerator.mixed_precision} ({why}) | {run.path}"
     )
 
-    images_per_step = cfg.batch_size * (1 + 2 * cfg.mu) * world
+    images_per_step = cfg.batch_size * (1 + _views(cfg) * cfg.mu) * world
     log_sums: dict[str, Tensor] = {}
     log_count, t_log, ips = 0, time.perf_counter(), float("nan")
     t_start, wall_before = time.perf_counter(), progress_state.wall_time_s
@@ -685,7 +690,7 @@ def _train(
                 record = {
                     "step": progress_state.step,
                     **metrics,
-                    "diagnostics": diag.compute(algo),
+                    "diagnostics": diag.compute(algo) | algo.diagnostics(),
                     "images_per_s": ips,
                     "lr": scheduler.get_last_lr()[0],
                 }
