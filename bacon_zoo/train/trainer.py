@@ -152,7 +152,10 @@ def make_step_parts(
     model = model.to(accelerator.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg, accelerator.device)
+    # fused CUDA kernels, but not under fp16: a GradScaler-skipped first step leaves fused SGD's
+    # momentum buffers uninitialised (torch/optim/sgd.py); foreach there
+    fused_ok = accelerator.mixed_precision != "fp16"
+    optimizer = make_optimizer(model, cfg, accelerator.device if fused_ok else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if cfg.compile:
         model = torch.compile(model)
