@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from syncs import SyncDetector
 
-ALGORITHMS = ("fixmatch", "abc", "bacon")
-# BaCon's contrastive term from step 1: every anchor selected, every sample written to the banks
-SETS = ["bacon.start=0", "bacon.anchor_threshold=0", "bacon.bank_threshold=0"]
+ALGORITHMS = ("fixmatch", "abc", "bacon", "acr", "acr+bacon")
+# BaCon's contrastive term from step 1: every anchor selected, every sample written to the banks;
+# ACR's estimate and adaptive tau from step 1 (one-step windows, every pseudo-label confident)
+SETS = ["bacon.start=0", "bacon.anchor_threshold=0", "bacon.bank_threshold=0", "acr.window=1",
+        "acr.est_start=0", "acr.threshold=0"]  # fmt: skip
 
 
 def build(algorithm: str, device: str = "cpu") -> dict:
@@ -53,7 +55,7 @@ def build(algorithm: str, device: str = "cpu") -> dict:
     )  # fmt: skip
     lb, ulb = make_train_loaders(
         data.labeled, data.unlabeled, cfg.batch_size, cfg.mu, data.mean, data.std, seed=0,
-        device=acc.device,
+        device=acc.device, unlabeled_views=algo.unlabeled_views,
     )  # fmt: skip
     parts.model.train()
     return {"parts": parts, "diag": diag, "lb": lb, "ulb": ulb, "log_sums": {}}
@@ -79,8 +81,10 @@ def test_no_host_sync_in_a_training_step(algorithm: str) -> None:
         for step in range(1, 4):
             logs = loop_step(run, step)
     assert not det.events, det.report()
-    if algorithm == "bacon":  # the contrastive term really ran in the checked steps
+    if "bacon" in algorithm:  # the contrastive term really ran in the checked steps
         assert float(logs["con_anchors"]) > 0 and float(logs["con_centers"]) > 0
+    if "acr" in algorithm:  # ACR's estimate and adaptive tau ran in the checked steps
+        assert float(logs["tau"]) < 2.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -95,7 +99,7 @@ def test_no_host_sync_in_a_training_step_cuda(algorithm: str) -> None:
             logs = loop_step(run, step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    if algorithm == "bacon":
+    if "bacon" in algorithm:
         assert float(logs["con_anchors"]) > 0
 
 

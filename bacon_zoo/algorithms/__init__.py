@@ -53,6 +53,7 @@ The plug-in contract (`base.Plugin`; write one module and decorate the class wit
 from __future__ import annotations
 
 from .abc import ABC, ABCConfig, abc_labeled_mask, abc_ratios, abc_unlabeled_mask
+from .acr import ACR, ACRConfig
 from .bacon import (
     BaCon,
     BaconConfig,
@@ -91,6 +92,8 @@ from .remixmatch import ReMixMatch, ReMixMatchConfig
 __all__ = [
     "ABC",
     "ABCConfig",
+    "ACR",
+    "ACRConfig",
     "ALIASES",
     "Algorithm",
     "BaCon",
