@@ -22,18 +22,15 @@ from .base import Gather, _identity
 def _last_writer(slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Resolve duplicate slots: returns (order, winner, is_last).
 
-    `order` sorts the entries by slot; for each sorted entry, `winner` is the original index of the
-    entry that decides its slot (the last masked one, else the last one) and `is_last` marks one
-    entry per distinct slot. Every entry of a slot then writes the winner's value, so duplicate
-    indices in `index_put_` carry identical values and the result is deterministic.
+    `order` sorts the entries by slot (unmasked before masked, then by position); for each sorted
+    entry, `winner` is the original index of the entry that decides its slot (the last masked one,
+    else the last one) and `is_last` marks one entry per distinct slot. Every entry of a slot then
+    writes the winner's value, so duplicate indices in `index_put_` carry identical values and the
+    result is deterministic. A fixed number of ops (one stable sort, one binary search).
     """
-    m = slots.numel()
-    pos = torch.arange(m, device=slots.device)
-    order = (slots * (2 * m) + mask.long() * m + pos).argsort()
-    s = slots[order]
-    is_last = torch.ones(m, dtype=torch.bool, device=slots.device)
-    is_last[:-1] = s[1:] != s[:-1]
-    end = torch.where(is_last, pos, m).flip(0).cummin(0).values.flip(0)
+    key, order = torch.add(mask, slots, alpha=2).sort(stable=True)  # 2 slot + mask
+    end = torch.searchsorted(key, key | 1, right=True) - 1  # the last sorted entry of each slot
+    is_last = end == torch.arange(key.numel(), device=key.device)
     return order, order[end], is_last
 
 
@@ -94,27 +91,31 @@ class MemoryBank(nn.Module):
 
     def _member(self, labels: Tensor, written: Tensor) -> Tensor:
         """Does a slot count toward its class center?"""
-        return (labels >= 0) & (written | self.quirks)
+        return (labels >= 0) & written if not self.quirks else labels >= 0
 
-    def _accumulate(self, labels: Tensor, feats: Tensor, member: Tensor, sign: int) -> None:
-        idx = labels.clamp_min(0)
-        w = member.to(self.sums.dtype) * sign
-        self.sums.index_add_(0, idx, feats.to(self.sums.dtype) * w[:, None])
-        self.counts.index_add_(0, idx, member.long() * sign)
+    def _gathered(
+        self, slots: Tensor, mask: Tensor, labels: Tensor | None, feats: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Every rank's entries, in rank order, on the bank's device (one gather for the metadata)."""
+        dev = self.labels.device
+        if feats is not None:
+            feats = self.gather(feats.detach().to(device=dev, dtype=self.feats.dtype))
+        if self.gather is _identity:  # one process: no stacking, no copies
+            labels = labels.to(dev).long() if labels is not None else None
+            return slots.to(dev).long(), mask.to(dev).bool(), labels, feats
+        meta = torch.stack(
+            [slots.long(), mask.long(), labels.long() if labels is not None else slots.long()], 1
+        ).to(dev)
+        meta = self.gather(meta)  # every rank writes every rank's entries, in rank order
+        return meta[:, 0], meta[:, 1].bool(), meta[:, 2] if labels is not None else None, feats
 
     @torch.no_grad()
     def _write(
         self, slots: Tensor, mask: Tensor, labels: Tensor | None, feats: Tensor | None
     ) -> None:
-        dev = self.labels.device
-        meta = torch.stack(
-            [slots.long(), mask.long(), labels.long() if labels is not None else slots.long()], 1
-        ).to(dev)
-        meta = self.gather(meta)  # every rank writes every rank's entries, in rank order
-        if feats is not None:
-            feats = self.gather(feats.detach().to(device=dev, dtype=self.feats.dtype))
-        slots, mask, new_labels = meta[:, 0], meta[:, 1].bool(), meta[:, 2]
-        if slots.numel() == 0:
+        slots, mask, new_labels, feats = self._gathered(slots, mask, labels, feats)
+        m = slots.numel()
+        if m == 0:
             return
         order, winner, is_last = _last_writer(slots, mask)
         s, hit = slots[order], mask[winner]
@@ -125,14 +126,26 @@ class MemoryBank(nn.Module):
             written = old_written | hit
         else:
             feat, written = old_feat, old_written
-        once = is_last & hit  # one center update per changed slot
-        self._accumulate(old_label, old_feat, self._member(old_label, old_written) & once, -1)
-        self._accumulate(label, feat, self._member(label, written) & once, +1)
+        # one update per changed slot (`once`), in slot order, as one index_add_ per statistic over
+        # [2, m] entries: row 0 the old contributions (leaving), row 1 the new ones (entering) --
+        # the same additions in the same order as two calls, so the same float sums
+        once = is_last & hit
+        both = torch.stack([old_label, label]) if labels is not None else old_label.expand(2, m)
+        labelled = (both >= 0) & once
+        if not self.quirks:  # (quirk 2 counts label-set but never-written slots as members)
+            has_feat = torch.stack([old_written, written]) if feats is not None else old_written
+            w = (labelled & has_feat).float()
+        else:
+            w = labelled.float()
+        w[0].neg_()
+        moved = (torch.stack([old_feat, feat]) if feats is not None else old_feat) * w[..., None]
+        idx = both.clamp_min(0).reshape(-1)
+        self.sums.index_add_(0, idx, moved.reshape(-1, moved.shape[-1]))
+        self.counts.index_add_(0, idx, w.long().reshape(-1))
         if labels is not None:
-            self.label_counts.index_add_(
-                0, old_label.clamp_min(0), ((old_label >= 0) & once).long() * -1
-            )
-            self.label_counts.index_add_(0, label.clamp_min(0), ((label >= 0) & once).long())
+            delta = labelled.long()
+            delta[0].neg_()
+            self.label_counts.index_add_(0, idx, delta.reshape(-1))
             self.labels[s] = label
         if feats is not None:
             self.feats[s] = feat
