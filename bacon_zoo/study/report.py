@@ -164,6 +164,12 @@ def _distinct(values: list[str]) -> str:
     return "/".join(seen) if seen else "?"
 
 
+def _size_text(cfg: dict[str, Any]) -> str:
+    """`32 px`, or `32 px resized to 64` when the views are resized to the network's input size."""
+    size, net = cfg["image_size"], cfg.get("input_size")
+    return f"{size} px" + (f" resized to {net}" if net not in (None, size) else "")
+
+
 def budget_line(rows: list[dict[str, Any]], seeds: list[int]) -> str:
     """The first line of the report: what every number below was trained with."""
     cfgs = [(r["_config"], r["_summary"]) for r in rows if r["_config"]]
@@ -192,7 +198,7 @@ def budget_line(rows: list[dict[str, Any]], seeds: list[int]) -> str:
         f"gamma_u={each(lambda c, s: _num(c['imb_ratio_u']))} "
         + each(lambda c, s: "reversed" if c.get("reverse_u") else "consistent")
     )
-    size = each(lambda c, s: f"{c['image_size']} px")
+    size = each(lambda c, s: _size_text(c))
     evals = each(
         lambda c, s: (
             f"eval every {_num(c['eval_every'], sep=True)} steps"
