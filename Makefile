@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # torch/torchvision are pinned to the builds that pip finds on local disk (see README).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-all demo lint format bench timm-tests weights device-pack device-rehearsal clean
+.PHONY: install test test-all test-slurm demo lint format bench timm-tests weights device-pack device-rehearsal clean
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
+
+# the study's cluster faults against a real one-node SLURM (installs and starts it; needs root)
+test-slurm: $(STAMP)
+	tools/slurm_up.sh
+	$(PY) -m pytest -q -m slurm -p no:cacheprovider tests/test_slurm.py
 
 demo: $(STAMP)
 	$(PY) train.py --recipe recipes/demo_digits.yaml --output-dir runs/demo --resume

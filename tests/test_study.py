@@ -414,7 +414,7 @@ def test_stopped_cell_is_interrupted_not_failed(tmp_path):
     from bacon_zoo.study.runner import cell_outcome
 
     (tmp_path / "summary.json").write_text("{}")
-    for code in (130, 143, -15, -2):
+    for code in (130, 140, 143, -15, -12, -2):
         assert cell_outcome(tmp_path, code, "stopped at step 3") == ("stopped", "")
         assert not (tmp_path / "error.log").exists()
     assert cell_outcome(tmp_path, 1, "RuntimeError: boom")[0] == "failed"

@@ -3,6 +3,7 @@ script a SLURM submission would produce (with a stand-in `srun`; no SLURM needed
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -59,7 +60,7 @@ def _starts(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
 
 
-def _wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
+def _wait_for(predicate, timeout: float = 240.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -179,3 +180,86 @@ def test_slurm_submission_script(tmp_path, monkeypatch):
         assert f"#SBATCH {line}" in script, (line, script)
     assert ex._executor.parameters["array_parallelism"] == 8
     assert ex._executor.max_num_timeout == 20
+
+
+def _stand_in(tmp_path, monkeypatch, **scripts: str) -> None:
+    """Stand-in SLURM commands on PATH: name -> what it prints."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool, out in scripts.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\ncat <<'EOF'\n{out}\nEOF\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_gpus_per_cell_follows_the_partition(tmp_path, monkeypatch):
+    """Item 6 of issue 22 without SLURM: no GPU in `sinfo -o %G` -> 0 by default (with a note) and a
+    GPU request is one line; GPU nodes -> 1 by default, more than a node has is refused."""
+    from bacon_zoo.errors import UserError
+    from bacon_zoo.study.executors import partition_gpus, resolve_gpus
+
+    _stand_in(tmp_path, monkeypatch, sinfo="(null)")
+    assert partition_gpus("cpu") == 0
+    gpus, note = resolve_gpus("cpu", None)
+    assert gpus == 0 and "no GPUs" in note and "--gpus-per-cell 0" in note
+    assert resolve_gpus("cpu", 0) == (0, None)
+    with pytest.raises(UserError, match=r"has no GPUs .*use --gpus-per-cell 0"):
+        resolve_gpus("cpu", 1)
+    _stand_in(tmp_path, monkeypatch, sinfo="gpu:a100:4(S:0-1),shard:8\ngpu:2")
+    assert partition_gpus("gpu") == 4
+    assert resolve_gpus("gpu", None) == (1, None)
+    assert resolve_gpus("gpu", 4) == (4, None)
+    with pytest.raises(UserError, match="at most 4 GPUs"):
+        resolve_gpus("gpu", 8)
+
+
+def test_help_says_zero_gpus_is_allowed(capsys):
+    from bacon_zoo.study import cli as study_cli
+
+    parser = argparse.ArgumentParser()
+    study_cli.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["study", "run", "--help"])
+    assert "0 runs the cells on CPUs" in " ".join(capsys.readouterr().out.split())
+
+
+def test_short_time_limit_is_warned_about():
+    from bacon_zoo.study.executors import timeout_warning
+
+    assert timeout_warning(24 * 60, 120) is None
+    assert timeout_warning(5, 120) is None  # 300 - 120 - 60 s leaves 120 s before the warning
+    line = timeout_warning(1, 10)
+    assert "--timeout-min 1" in line and "0 s into each job" in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("scontrol", "restart_count", "expect"),
+    [
+        ("JobId=7 JobState=COMPLETING Reason=None Restarts=1", "", "requeued"),  # scontrol requeue
+        ("JobId=7 JobState=COMPLETING Reason=None Restarts=2", "1", "requeued"),
+        ("JobId=7 JobState=COMPLETING Reason=None Restarts=1", "1", "ending"),  # scancel after one
+        ("JobId=7 JobState=CANCELLED Reason=None Restarts=0", "", "ending"),
+        ("JobId=7 JobState=RUNNING Reason=None Restarts=0", "", None),  # a signal from elsewhere
+    ],
+)
+def test_a_stopped_task_asks_slurm_why(tmp_path, monkeypatch, scontrol, restart_count, expect):
+    """Items 7 and 9: a cell stopped by SIGTERM inside a SLURM job is requeued by SLURM (the task must
+    not requeue it again), ended by SLURM (scancel: it must not be requeued), or neither."""
+    from bacon_zoo.study.executors import _slurm_took_over
+
+    _stand_in(tmp_path, monkeypatch, scontrol=scontrol)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", restart_count)
+    assert _slurm_took_over() == expect
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert _slurm_took_over() is None  # not in a SLURM job: submitit's own requeue path
+
+
+def test_trainer_and_runner_agree_on_stop_signals():
+    """The runner treats 128 + each of the trainer's stop signals (140 for SLURM's USR2) as stopped."""
+    from bacon_zoo.study.runner import STOP_CODES, STOP_SIGNALS
+    from bacon_zoo.train.trainer import STOP_SIGNALS as TRAINER_SIGNALS
+
+    assert set(STOP_SIGNALS) == set(TRAINER_SIGNALS)
+    assert {130, 140, 143} <= STOP_CODES

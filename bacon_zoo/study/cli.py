@@ -15,6 +15,8 @@ examples:
   # a SLURM job array through submitit: one GPU per cell, requeued (and resumed) on preemption/timeout
   bacon-zoo study run --recipe study_backbones --out studies/bb --executor slurm --partition gpu \\
       --gpus-per-cell 1 --timeout-min 2880 --slurm-array-parallelism 32
+  # a CPU-only partition: --gpus-per-cell defaults to 0 there (docs/clusters.md)
+  bacon-zoo study run --recipe demo_digits --out studies/cpu --executor slurm --partition debug --wait
   # shards balanced by estimated cost (e.g. one per machine), or exactly one cell
   bacon-zoo study run --recipe study_backbones --out studies/bb --shard 0/4
   bacon-zoo study run --recipe study_backbones --out studies/bb --cell NAME
@@ -105,7 +107,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     slurm = run.add_argument_group("submitit (--executor slurm / local)")
     slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument("--gpus-per-cell", type=int, default=1, metavar="N", help="default 1")
+    slurm.add_argument(
+        "--gpus-per-cell", type=int, metavar="N",
+        help="GPUs per cell; 0 runs the cells on CPUs (default: 1 where the partition has GPUs, "
+        "as `sinfo -o %%G` shows them, else 0)",
+    )  # fmt: skip
     slurm.add_argument(
         "--timeout-min", type=int, default=24 * 60, metavar="N",
         help="time limit per job; a cell that needs longer is checkpointed and requeued (default 1440)",
@@ -115,7 +121,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     slurm.add_argument("--mem-gb", type=float, metavar="GB")
     slurm.add_argument(
         "--signal-delay-s", type=int, default=120, metavar="S",
-        help="SLURM sends USR2 this long before the limit: the cell checkpoints, the job requeues",
+        help="SLURM sends USR2 this long (and up to 60 s more) before the limit: the cell checkpoints, "
+        "the job requeues (default 120; --timeout-min must leave time before it)",
     )  # fmt: skip
     slurm.add_argument(
         "--wait", action="store_true", help="slurm: wait for every job (local always waits)"
@@ -237,7 +244,7 @@ def _submit(args: argparse.Namespace, study, cells: list) -> int:
         launcher=args.launcher,
         log=_log,
         partition=args.partition,
-        gpus_per_cell=args.gpus_per_cell if args.executor == "slurm" else 0,
+        gpus_per_cell=args.gpus_per_cell if args.executor == "slurm" else 0,  # None: by partition
         timeout_min=args.timeout_min,
         array_parallelism=args.slurm_array_parallelism,
         cpus_per_cell=args.cpus_per_cell,
@@ -252,7 +259,14 @@ def _submit(args: argparse.Namespace, study, cells: list) -> int:
         from bacon_zoo.study.report import write_report
 
         _log(f"report: {write_report(study.dir)}")
-    return 1 if outcome["failed"] else 0
+    counts = ", ".join(
+        f"{len(names)} {kind}" + (f" ({', '.join(names)})" if kind != "trained" else "")
+        for kind, names in outcome.items()
+        if names
+    )
+    _log(f"study {study.dir}: {counts}")
+    # failed or cancelled cells: 1 (their progress is checkpointed; `study run` again resumes them)
+    return 1 if outcome["failed"] or outcome["cancelled"] else 0
 
 
 def report_command(args: argparse.Namespace) -> int:

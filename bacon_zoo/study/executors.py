@@ -1,4 +1,4 @@
-"""Run a study's cells through submitit: a SLURM job array (one GPU per cell), or submitit's local executor.
+"""Run a study's cells through submitit: a SLURM job array, or submitit's local executor.
 
 `submit_study` hands `map_array` one cell name per array task; each task runs `CellTask(name)`, which runs
 the cell exactly as the subprocess runner does (`bacon-zoo train --resume` in STUDY_DIR/cells/<name>).
@@ -6,17 +6,27 @@ the cell exactly as the subprocess runner does (`bacon-zoo train --resume` in ST
 Requeue on preemption and timeout follows submitit's checkpointing protocol. `CellTask` is a
 `submitit.helpers.Checkpointable`: when SLURM (or the local executor) sends submitit's signal (USR2,
 `signal_delay_s` before the time limit, or on preemption), submitit calls `checkpoint()`, which sends
-SIGTERM to the training process, waits until it has saved its checkpoint and exited (130/143), and
-returns a DelayedSubmission of the same task; submitit then requeues the job, and the requeued task's
-`train --resume` continues from that checkpoint. A cell stopped by a SIGTERM that did not come through
-submitit (the scheduler signalling every process of the job) is requeued by the same path: the task
-raises submitit's signal on itself. Only other exit codes make the array task fail.
+SIGTERM to the training process, waits until it has saved its checkpoint and exited, and returns a
+DelayedSubmission of the same task; submitit then requeues the job, and the requeued task's
+`train --resume` continues from that checkpoint. SLURM sends USR2 to every process of the job, so the
+trainer stops on USR2 too (exit 140). A cell stopped by a SIGTERM that did not come through submitit is
+told apart by asking slurmctld about the job (`scontrol show job`, which needs no accounting database):
+  - SLURM requeued the job itself (`scontrol requeue`, preemption): its restart count went up; the task
+    exits without a result and the requeued job resumes the cell.
+  - SLURM is ending the job (`scancel`, the time limit, a node failure): the task reports the cell stopped
+    and does not requeue it; `wait_jobs` reports the job's final state (a cancelled cell as cancelled).
+  - the job runs on (someone signalled the process, or the local executor): submitit's requeue path.
+Only other exit codes make the array task fail.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,16 +41,146 @@ from bacon_zoo.study.runner import (
     cell_outcome,
     check_run_dir,
     launch_cell,
+    mark_cancelled,
     read_summary,
     write_error,
     write_study,
 )
 
 EXECUTORS = ("subprocess", "local", "slurm")
+# SLURM job states of a job that is not over yet (it may still run, or run again).
+SLURM_ACTIVE = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+    "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "SPECIAL_EXIT", "RESV_DEL_HOLD",
+})  # fmt: skip
+# SLURM may send the --signal warning up to this long before the time it was asked for (sbatch(1)).
+SLURM_SIGNAL_SLACK_S = 60
+# Time a job should have before its warning: start-up, data loading, and some training to checkpoint.
+MIN_WORK_S = 120
+LOST_AFTER_S = 300.0  # wait_jobs: SLURM has no record of a job and it left no result
 
 
 class CellFailed(RuntimeError):
     """A cell ended with an error (its error.log says why); the array task fails with this line."""
+
+
+class CellStopped(CellFailed):
+    """SLURM ended the cell's job (cancelled, time limit, node failure) after the cell checkpointed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# asking SLURM
+
+
+def _run(cmd: list[str]) -> str | None:
+    """stdout of a SLURM command, or None when it is missing, fails or hangs."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def scontrol_job(job_id: str) -> tuple[str, int] | None:
+    """(state, restart count) of a job as slurmctld holds it (jobs it still remembers: MinJobAge)."""
+    out = _run(["scontrol", "show", "job", "-o", str(job_id)]) or ""
+    state = re.search(r"\bJobState=(\S+)", out)
+    restarts = re.search(r"\bRestarts=(\d+)", out)
+    if not state:
+        return None
+    return state.group(1), int(restarts.group(1)) if restarts else 0
+
+
+def slurm_state(job_id: str) -> str | None:
+    """A job's state: slurmctld's, else accounting's (sacct; a job slurmctld forgot); None if unknown."""
+    info = scontrol_job(job_id)
+    if info:
+        return info[0]
+    lines = (_run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job_id)]) or "").split()
+    return lines[-1].split()[0] if lines else None  # "CANCELLED by 0" -> CANCELLED
+
+
+def partition_gpus(partition: str) -> int | None:
+    """The most GPUs a node of `partition` has (`sinfo -o %G`); None when sinfo can't tell."""
+    out = _run(["sinfo", "-h", "-p", partition, "-o", "%G"])
+    if not out or not out.strip():
+        return None
+    counts = [int(n) for n in re.findall(r"(?:^|,)gpu(?::[^:(,\s]+)?:(\d+)", out, re.M)]
+    return max(counts, default=0)
+
+
+def check_partition(partition: str) -> None:
+    """A partition SLURM doesn't have is one line naming the ones it has (not sbatch's three)."""
+    out = _run(["sinfo", "-h", "-o", "%R"])
+    names = sorted(set(out.split())) if out else []
+    if names and partition not in names:
+        raise UserError(f"no SLURM partition '{partition}'; sinfo lists: {', '.join(names)}")
+
+
+def resolve_gpus(partition: str, requested: int | None) -> tuple[int, str | None]:
+    """(GPUs per cell, a note for the log): the default is 1 where the partition has GPUs, else 0; a
+    request the partition can never give is one clear line instead of sbatch's gres error."""
+    if requested is not None and requested < 0:
+        raise UserError(f"--gpus-per-cell must be 0 or more, got {requested}")
+    if requested == 0:
+        return 0, None
+    have = partition_gpus(partition)
+    if have is None:  # no sinfo answer: the old default, and sbatch's own error if it is wrong
+        return (1 if requested is None else requested), None
+    if requested is None:
+        if have:
+            return 1, None
+        return (
+            0,
+            f"partition '{partition}' has no GPUs (sinfo -o %G): cells run on CPUs (--gpus-per-cell 0)",
+        )
+    if have == 0:
+        raise UserError(
+            f"partition '{partition}' has no GPUs (sinfo -o %G shows none); "
+            "use --gpus-per-cell 0 to run the cells on CPUs, or a GPU --partition"
+        )
+    if requested > have:
+        raise UserError(
+            f"--gpus-per-cell {requested}: the nodes of partition '{partition}' have at most {have} "
+            "GPUs (sinfo -o %G); ask for fewer"
+        )
+    return requested, None
+
+
+def timeout_warning(timeout_min: int, signal_delay_s: int) -> str | None:
+    """A warning when the time limit leaves too little time before SLURM's USR2: it can come before
+    submitit and the trainer are ready for it (the job then dies or restarts with nothing saved)."""
+    earliest = timeout_min * 60 - signal_delay_s - SLURM_SIGNAL_SLACK_S
+    if earliest >= MIN_WORK_S:
+        return None
+    need = math.ceil((signal_delay_s + SLURM_SIGNAL_SLACK_S + MIN_WORK_S) / 60)
+    return (
+        f"--timeout-min {timeout_min} with --signal-delay-s {signal_delay_s}: SLURM may send its "
+        f"warning signal {max(earliest, 0)} s into each job (up to {SLURM_SIGNAL_SLACK_S} s early), "
+        f"before a cell can checkpoint; use --timeout-min {need} or more, or a smaller --signal-delay-s"
+    )
+
+
+def _slurm_took_over() -> str | None:
+    """Inside a SLURM job whose cell was stopped by a signal: "requeued" (SLURM requeues the job: its
+    restart count went up), "ending" (cancelled, time limit, node failure), or None (the job runs on)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):  # an array's first task shares the array's own id
+        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    info = scontrol_job(job_id)
+    if info is None:  # can't ask; `scontrol requeue` would fail too
+        return "ending"
+    state, restarts = info
+    if restarts > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        return "requeued"
+    return None if state == "RUNNING" else "ending"
+
+
+def _say(line: str) -> None:
+    """A line in the task's log (submitit's *_log.err)."""
+    print(f"bacon-zoo: {line}", file=sys.stderr, flush=True)
 
 
 def _usr_signal() -> signal.Signals:
@@ -98,7 +238,8 @@ class CellTask(_Base):  # type: ignore[misc, valid-type]
         if stale:
             write_error(run_dir, stale)
             raise CellFailed(f"{name}: {stale}")
-        with _Stopper() as stopper:  # replaced by submitit's own handlers where they are installed
+        # SIGINT/SIGTERM are passed on to the cell; USR2 stays with submitit's handler (checkpoint())
+        with _Stopper((signal.SIGINT, signal.SIGTERM)) as stopper:
             self._stopper = stopper
             try:
                 code, stderr = launch_cell(
@@ -113,16 +254,28 @@ class CellTask(_Base):  # type: ignore[misc, valid-type]
                 "status": "complete",
                 "best_top1": read_summary(run_dir)["best_top1"],
             }
-        cancelled = stopper.signum == signal.SIGINT  # submitit's cancel(); a Ctrl-C
-        if status == "stopped" and os.environ.get("SUBMITIT_EXECUTOR") and not cancelled:
-            # stopped from outside submitit (e.g. the scheduler's SIGTERM to every process): take
-            # submitit's requeue path; its handler calls checkpoint() and exits this task to be requeued
+        if status == "stopped":
+            self._stopped(name, code, cancelled=stopper.signum == signal.SIGINT)
+        raise CellFailed(f"{name}: {line} (see {RunDir(run_dir).error_log})")
+
+    def _stopped(self, name: str, code: int, cancelled: bool) -> None:
+        """The cell stopped at a checkpoint without submitit's signal: exit the way that resumes it."""
+        took_over = _slurm_took_over()
+        if took_over == "requeued":  # no result: the requeued job runs this task again
+            _say(f"{name}: stopped (exit {code}); SLURM requeued the job, which resumes the cell")
+            raise SystemExit(128 + signal.SIGTERM)
+        if took_over == "ending":
+            raise CellStopped(
+                f"{name}: stopped by SLURM (exit {code}, job not requeued); its last checkpoint is "
+                "kept: rerun the study to resume it"
+            )
+        if os.environ.get("SUBMITIT_EXECUTOR") and not cancelled:  # cancelled: submitit's cancel()
+            # the job runs on (a signal from elsewhere): take submitit's requeue path; its handler
+            # calls checkpoint() and exits this task to be requeued
             os.kill(os.getpid(), _usr_signal())
             time.sleep(5.0)  # the handler runs at the next bytecode; this is only a fallback
             raise CellFailed(f"{name}: stopped (exit {code}) and submitit did not requeue it")
-        if status == "stopped":
-            raise CellFailed(f"{name}: stopped (exit {code}); checkpointed, rerun to resume")
-        raise CellFailed(f"{name}: {line} (see {RunDir(run_dir).error_log})")
+        raise CellStopped(f"{name}: stopped (exit {code}); checkpointed, rerun to resume")
 
     def checkpoint(self, name: str) -> Any:
         """submitit's preemption/timeout hook: stop the cell (it checkpoints), then requeue this task."""
@@ -188,8 +341,8 @@ def submitit_executor(
         params["slurm_partition"] = partition
         if array_parallelism:
             params["slurm_array_parallelism"] = int(array_parallelism)
-    elif gpus_per_cell == 0:
-        params.pop("gpus_per_node")  # local: CUDA_VISIBLE_DEVICES stays empty
+    if not gpus_per_cell:  # no GPU request at all (local: CUDA_VISIBLE_DEVICES stays empty)
+        params.pop("gpus_per_node")
     params.update(extra or {})
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return ex
@@ -203,7 +356,10 @@ def submit_study(
     log=print,
     **executor_kw: Any,
 ) -> list:
-    """Submit the given cells (not yet complete) as one job array; returns submitit's jobs."""
+    """Submit the given cells (not yet complete) as one job array; returns submitit's jobs.
+
+    slurm: `gpus_per_cell=None` picks 1 where the partition has GPUs and 0 where it has none, and a
+    time limit too short for `signal_delay_s` is warned about in one line."""
     write_study(study)
     todo = []
     for cell in cells:
@@ -215,10 +371,33 @@ def submit_study(
     if not todo:
         log(f"study {study.dir}: every selected cell is complete; nothing to submit")
         return []
+    if executor == "slurm" and executor_kw.get("partition"):
+        check_partition(executor_kw["partition"])
+        gpus, note = resolve_gpus(executor_kw["partition"], executor_kw.get("gpus_per_cell"))
+        executor_kw["gpus_per_cell"] = gpus
+        if note:
+            log(note)
+        warning = timeout_warning(
+            int(executor_kw.get("timeout_min", 60 * 24)),
+            int(executor_kw.get("signal_delay_s", 120)),
+        )
+        if warning:
+            log(f"warning: {warning}")
+    elif executor_kw.get("gpus_per_cell") is None:
+        executor_kw["gpus_per_cell"] = 1
     ex = submitit_executor(study, executor, **executor_kw)
     grace = max(10.0, float(executor_kw.get("signal_delay_s", 120)) - 30.0)
     task = CellTask(study, launcher=launcher, stop_grace_s=grace)
-    jobs = ex.map_array(task, todo)
+    import submitit
+
+    try:
+        jobs = ex.map_array(task, todo)
+    except submitit.core.utils.FailedJobError as e:  # sbatch refused it: its own error line
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        line = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else str(e))
+        raise UserError(
+            f"sbatch refused the cells: {line.split('error:', 1)[-1].strip()}"
+        ) from None
     log(
         f"study {study.dir}: submitted {len(jobs)} cells to {executor} "
         f"(job {jobs[0].job_id.split('_')[0]}; logs in {study.dir / 'submitit'})"
@@ -226,31 +405,96 @@ def submit_study(
     return jobs
 
 
-def wait_jobs(jobs: list, log=print) -> dict[str, list[str]]:
-    """Wait for every job; cell names by outcome (trained/failed)."""
-    outcome: dict[str, list[str]] = {"trained": [], "failed": []}
+def _error_line(error: Exception) -> str:
+    """The task's one line out of submitit's re-raised traceback (a CellFailed's message)."""
+    text = str(error).strip().splitlines()
+    line = next((ln for ln in reversed(text) if re.search(r"Cell(Failed|Stopped): ", ln)), None)
+    return re.sub(r"^.*?Cell(Failed|Stopped): ", "", line or (text[-1] if text else str(error)))
+
+
+def _task_result(job) -> tuple[bool, Any]:
+    """(True, the task's result) or (False, its error line; None when it left no result)."""
+    if isinstance(job, _slurm_job_type()) and not job.paths.result_pickle.exists():
+        return False, None
+    try:
+        return True, job.result()
+    except Exception as e:
+        return False, _error_line(e)
+
+
+def _slurm_job_type() -> type:
+    import submitit
+
+    return submitit.SlurmJob
+
+
+def _wait_slurm(job, poll_s: float) -> str | None:
+    """Wait until SLURM says the job is over; its final state (None: SLURM doesn't know the job and
+    it left a result, or LOST_AFTER_S passed without either)."""
+    lost = None
+    while True:
+        state = slurm_state(job.job_id)
+        if state is not None and state.split("+")[0] not in SLURM_ACTIVE:
+            return state.split("+")[0]
+        if state is None:
+            if job.paths.result_pickle.exists():
+                return None
+            lost = lost or time.monotonic()
+            if time.monotonic() - lost > LOST_AFTER_S:
+                return None
+        else:
+            lost = None
+        time.sleep(poll_s)
+
+
+def wait_jobs(jobs: list, log=print, poll_s: float = 2.0) -> dict[str, list[str]]:
+    """Wait for every job; cell names by outcome (trained/failed/cancelled).
+
+    SLURM jobs are followed through slurmctld (`scontrol`, which works without accounting; sacct for a
+    job it forgot), so a cancelled job, or one SLURM ended before its task wrote a result, is reported
+    with its state instead of being waited on forever; a cancelled cell gets its `cancelled.log`."""
+    outcome: dict[str, list[str]] = {"trained": [], "failed": [], "cancelled": []}
     for job in jobs:
-        name = job.submission().args[0]
-        try:
-            result = job.result()
+        submission = job.submission()
+        name = submission.args[0]
+        state = _wait_slurm(job, poll_s) if isinstance(job, _slurm_job_type()) else None
+        ok, value = _task_result(job)
+        if ok:
             outcome["trained"].append(name)
-            log(f"{name}: complete, best top-1 {result.get('best_top1')}")
-        except Exception as e:  # submitit re-raises the task's error with its traceback
-            text = str(e).strip().splitlines()
-            line = next(
-                (ln for ln in reversed(text) if "CellFailed" in ln), text[-1] if text else ""
-            )
+            log(f"{name}: complete, best top-1 {value.get('best_top1')}")
+        elif state == "CANCELLED":
+            job_id = job.job_id
+            line = f"cancelled (SLURM job {job_id}); rerun the study to resume it from its last checkpoint"
+            mark_cancelled(submission.function.study.cell_dir(name), line)
+            outcome["cancelled"].append(name)
+            log(f"{name}: CANCELLED: {line}")
+        else:
+            if not value:
+                value = (
+                    f"SLURM job {job.job_id} ended {state or 'without a trace'} before the cell "
+                    "finished; rerun the study to resume it from its last checkpoint"
+                )
+            elif state and state not in ("COMPLETED", "FAILED"):
+                value = f"{value} (SLURM job {job.job_id}: {state})"
             outcome["failed"].append(name)
-            log(f"{name}: FAILED: {line.split('CellFailed: ', 1)[-1]}")
+            log(f"{name}: FAILED: {value}")
     return outcome
 
 
 __all__ = [
     "EXECUTORS",
     "STOP_CODES",
+    "SLURM_ACTIVE",
     "CellFailed",
+    "CellStopped",
     "CellTask",
+    "check_partition",
+    "partition_gpus",
+    "resolve_gpus",
+    "scontrol_job",
+    "slurm_state",
     "submit_study",
     "submitit_executor",
+    "timeout_warning",
     "wait_jobs",
 ]

@@ -86,7 +86,7 @@ def gather(study_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 "wall_time_s": summary.get("wall_time_s"),
                 "device_hours": device_hours(summary),
             }
-        if status == "failed":
+        if status in ("failed", "cancelled"):
             row["error"] = RunDir(run_dir).status_line()
         row["_config"] = _read_config(run_dir)
         if summary:

@@ -11,9 +11,11 @@ Layout of STUDY_DIR: `study.json` (grid, seeds, recipe, sets, cells), `recipe.ya
 cell shares: the recipe chain without `study:`, plus --set), `cells/<name>/` (a run dir, plus
 `stdout.log`, `stderr.log` and, when the cell failed, `error.log`: the error line, then the stderr tail).
 
-Exit codes of a cell this module relies on: 0 with a complete summary.json = done; 130 (SIGINT) or 143
-(SIGTERM), or death by SIGINT/SIGTERM before the trainer's handler was installed = stopped with its
-progress checkpointed (resumable, never "failed"); anything else = failed (error.log).
+Exit codes of a cell this module relies on: 0 with a complete summary.json = done; 130 (SIGINT), 143
+(SIGTERM) or 140 (SIGUSR2, SLURM's warning before the time limit), or death by one of those signals
+before the trainer's handler was installed = stopped with its progress checkpointed (resumable, never
+"failed"); anything else = failed (error.log). A cell whose SLURM job was cancelled holds
+`cancelled.log` (written by `study run --executor slurm --wait`) until it runs again.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ from bacon_zoo.study.grid import (
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 ERROR_TAIL_LINES = 40
+# The trainer checkpoints and exits 128 + the signal on these (bacon_zoo.train.trainer.STOP_SIGNALS).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 # A cell that exits with one of these was stopped and saved a checkpoint: resume it, don't call it failed.
-STOP_CODES = frozenset({130, 143, -signal.SIGINT, -signal.SIGTERM})
+STOP_CODES = frozenset({c for sig in STOP_SIGNALS for c in (128 + sig, -sig)})
 
 
 @dataclass
@@ -270,9 +274,12 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def cell_status(run_dir: Path) -> str:
-    """complete | failed | incomplete (started, or running elsewhere) | missing (never started)."""
+    """complete | failed | cancelled (its SLURM job was) | incomplete (started, or running elsewhere) |
+    missing (never started)."""
     if RunDir(run_dir).failed():
         return "failed"
+    if RunDir(run_dir).cancelled():
+        return "cancelled"
     summary = read_summary(run_dir)
     if summary and summary.get("status") == "complete":
         return "complete"
@@ -296,6 +303,11 @@ def error_line(stderr: str, returncode: int | None = None) -> str:
 def write_error(run_dir: Path, line: str, tail: str = "") -> None:
     """Mark the cell failed: its error.log (`RunDir.write_error`)."""
     RunDir(run_dir).write_error(line, tail)
+
+
+def mark_cancelled(run_dir: Path, line: str) -> None:
+    """Record that the cell's job was cancelled (`cell_status` reports it until the cell runs again)."""
+    RunDir(run_dir).mark_cancelled(line)
 
 
 def check_run_dir(study: Study, cell: Cell) -> str | None:
@@ -344,9 +356,11 @@ def cell_outcome(run_dir: Path, code: int, stderr: str) -> tuple[str, str]:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM: pass the signal to the running cells (they checkpoint) and start no more."""
+    """SIGINT/SIGTERM (and SLURM's USR2 where `signals` holds it): pass the signal to the running cells
+    (they checkpoint) and start no more. A submitit task leaves USR2 to submitit's own handler."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+        self.signals = signals
 
     def __enter__(self) -> _Stopper:
         self.stopping = False
@@ -354,7 +368,7 @@ class _Stopper:
         self.procs: set[subprocess.Popen] = set()
         self._previous = {}
         if threading.current_thread() is threading.main_thread():  # handlers live there only
-            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.signals}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -571,6 +585,7 @@ __all__ = [
     "error_line",
     "launch_cell",
     "load_study_recipe",
+    "mark_cancelled",
     "parse_devices",
     "plan_study",
     "read_study",

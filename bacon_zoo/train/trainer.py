@@ -59,7 +59,10 @@ from bacon_zoo.train.optim import check_optimizer, lr_lambda, make_optimizer
 from bacon_zoo.train.precision import device_name, resolve_precision
 
 logger = get_logger("bacon_zoo")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Each stops every rank at the same step after a checkpoint; the run exits 128 + the signal: 143 SIGTERM,
+# 130 SIGINT, 140 SIGUSR2 (SLURM's warning before the time limit, which submitit asks for and SLURM
+# sends to every process of the job). All three mean "stopped, resume with --resume", never failed.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 @dataclass
