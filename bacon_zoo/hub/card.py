@@ -61,6 +61,7 @@ PROTOCOL_KEYS = (
     "steps", "batch_size", "mu", "lr", "lr_schedule", "warmup_steps", "momentum", "nesterov",
     "weight_decay", "weight_decay_all", "ema_decay", "image_size", "eval_every", "max_eval_samples",
     "pretrained", "include_labeled_in_unlabeled", "bn_momentum", "ema_warmup", "head_init",
+    "opt", "input_size", "normalize", "layer_decay", "head_lr_scale", "pretrained_file", "lora_rank",
 )  # fmt: skip
 CITATION = """\
 @inproceedings{feng2024bacon,
@@ -91,6 +92,37 @@ DIFFERENCES = (
 
 # ---------------------------------------------------------------------------------------------
 # small formatters and data-set names
+
+
+def _optimizer_text(recipe: dict) -> str:
+    """`SGD lr 0.03 (constant, warm-up 0 steps), momentum 0.9 Nesterov, weight decay 0.0005`, or the
+    timm optimizer's name with its layer decay and head learning-rate scale."""
+    opt = str(recipe.get("opt") or "sgd")
+    text = f"{'SGD' if opt == 'sgd' else opt} lr {_num(recipe.get('lr'))} ({recipe.get('lr_schedule')}, "
+    text += f"warm-up {recipe.get('warmup_steps')} steps)"
+    if opt == "sgd":
+        text += f", momentum {_num(recipe.get('momentum'))}"
+        text += " Nesterov" if recipe.get("nesterov") else ""
+    text += f", weight decay {_num(recipe.get('weight_decay'))}"
+    if recipe.get("layer_decay") is not None:
+        text += f", layer decay {_num(recipe['layer_decay'])}"
+    if recipe.get("head_lr_scale", 1.0) != 1.0:
+        text += f", heads at {_num(recipe['head_lr_scale'])}x the rate"
+    return text
+
+
+def _input_text(recipe: dict, data: dict) -> str:
+    """`32 px inputs`, or the data's size resized to the network's, with the normalisation used."""
+    size, data_size = data.get("image_size", recipe.get("image_size")), data.get("data_image_size")
+    text = (
+        f"{data_size}-px images resized on the device to {size} px" if data_size else f"{size} px"
+    )
+    text += " inputs"
+    if data.get("mean") is not None:
+        mean = ", ".join(_num(round(m, 4)) for m in data["mean"])
+        std = ", ".join(_num(round(s, 4)) for s in data["std"])
+        text += f" normalised with mean ({mean}) / std ({std})"
+    return text
 
 
 def algorithm_info(algorithm: str | None) -> dict[str, Any]:
@@ -572,6 +604,15 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
     init = f"from timm's pretrained weights (`{base_model}`)" if base_model else "from scratch"
     if recipe.get("pretrained") and not base_model:
         init = "from the backbone's pretrained weights"
+    if recipe.get("pretrained_file"):  # the file's own provenance and licence apply, not timm's
+        init = f"from the local weights file `{Path(recipe['pretrained_file']).name}` (--pretrained-file)"
+        from bacon_zoo.hub.import_weights import read_provenance
+
+        prov = read_provenance(recipe["pretrained_file"])
+        if prov:
+            init += f": {prov.get('source')}, licence {prov.get('license')}"
+    if recipe.get("lora_rank"):
+        init += f", fine-tuned with LoRA rank {recipe['lora_rank']} (merged into these weights)"
     ips = summary.get("images_per_s")
     L += [
         f"- algorithm: `{algorithm}`; backbone `{recipe.get('backbone')}` "
@@ -580,11 +621,8 @@ def build_card(export_dir: str | Path, hub_id: str | None = None) -> ModelCard:
         f"- {steps} steps x {batch} labeled + {mu * batch} unlabeled images per process "
         f"(mu = {mu}), {procs} process(es): {steps * batch * (1 + mu) * procs:,} images drawn "
         "(each unlabeled image in a weak and a strong view)",
-        f"- SGD lr {_num(recipe.get('lr'))} ({recipe.get('lr_schedule')}, warm-up "
-        f"{recipe.get('warmup_steps')} steps), momentum {_num(recipe.get('momentum'))}"
-        f"{' Nesterov' if recipe.get('nesterov') else ''}, weight decay "
-        f"{_num(recipe.get('weight_decay'))}, EMA {_num(recipe.get('ema_decay'))}",
-        f"- {recipe.get('image_size')} px inputs, trained in precision `{precision_of(summary)}`"
+        f"- {_optimizer_text(recipe)}, EMA {_num(recipe.get('ema_decay'))}",
+        f"- {_input_text(recipe, data)}, trained in precision `{precision_of(summary)}`"
         + (f" on {summary['device']}" if summary.get("device") else "")
         + f", seed {recipe.get('seed')}"
         + (f", median throughput {ips:,.0f} images/s" if isinstance(ips, (int, float)) else ""),
