@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# One OpenMP thread for the tests and the processes they start (a value already set wins): the models
+# are tiny, and two threads that wait on each other on a busy machine are several times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_PATH = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg"
 
@@ -133,22 +137,13 @@ def launch_two(script: str | Path, *args: str, env: dict | None = None, timeout:
     )
 
 
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """Tiny forwards: one thread avoids OpenMP stalls on a shared 2-core machine (2 s -> 20 ms)."""
-    yield from _torch_threads(1)
+    """Tiny forwards: one thread avoids OpenMP stalls on a shared 2-core machine (2 s -> 20 ms; the
+    backbone tests of test_models take 15 s with one thread and 128 s with two on a loaded machine)."""
+    import torch
 
-
-@pytest.fixture(scope="module")
-def two_torch_threads():
-    """Larger forwards (a module's full-size backbones): two threads, for that module only."""
-    yield from _torch_threads(2)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -241,6 +241,7 @@ def _close(shown: float, value: float | None, digits: int = 2) -> bool:
     return abs(shown - value) <= 0.51 * 10**-digits
 
 
+@pytest.mark.slow  # trains three tiny runs (the `runs` fixture) and t-SNEs them
 def test_analyze_writes_every_file_and_numbers_match_predictions(runs, tmp_path, analyze_cli):
     out = tmp_path / "analysis"
     result = analyze_cli([runs["bacon"], "--compare", runs["abc"], "--out", out])
@@ -329,6 +330,7 @@ def test_analyze_writes_every_file_and_numbers_match_predictions(runs, tmp_path,
         assert _close(_num(delta), m[key] - mb[key])
 
 
+@pytest.mark.slow  # the `runs` fixture: three tiny runs
 def test_diagnostics_records_in_metrics_jsonl(runs):
     rows = [json.loads(x) for x in (runs["bacon"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]
@@ -343,6 +345,7 @@ def test_diagnostics_records_in_metrics_jsonl(runs):
     assert "center_drift" not in abc_rows[-1]["diagnostics"]  # no memory bank in ABC
 
 
+@pytest.mark.slow  # the `runs` fixture: three tiny runs
 def test_analyze_user_errors(runs, tmp_path, analyze_cli):
     from bacon_zoo.analysis.analyze import analyze
     from bacon_zoo.run import RunDir
@@ -360,6 +363,7 @@ def test_analyze_user_errors(runs, tmp_path, analyze_cli):
     assert result.code == 2 and "does not exist" in result.err, result
 
 
+@pytest.mark.slow  # the `runs` fixture: three tiny runs
 def test_analyze_checks_compare_and_out_before_any_work(runs, tmp_path, monkeypatch):
     from bacon_zoo.analysis import analyze as module
 
@@ -388,6 +392,7 @@ def test_analyze_checks_compare_and_out_before_any_work(runs, tmp_path, monkeypa
             module.analyze(runs["bacon"], out=out)
 
 
+@pytest.mark.slow  # the `runs` fixture: three tiny runs
 def test_analyze_out_manifest_lists_what_it_wrote(runs, tmp_path, analyze_cli):
     """The e2e test's folder: analysis.json names every file analyze wrote, and nothing else is there."""
     from bacon_zoo.analysis.analyze import MANIFEST

@@ -182,6 +182,7 @@ def test_bacon_quirks_raw_logits_and_labeled_gate():
 # two processes under accelerate
 
 
+@pytest.mark.slow  # two CPU processes under accelerate launch
 def test_banks_identical_across_two_processes():
     """~20 s on 2 shared CPU cores (two interpreter start-ups + gloo); the only distributed check."""
     t0 = time.time()

@@ -269,6 +269,7 @@ def _drop_manifest(ckpt: Path) -> str:
     return "missing manifest.json"
 
 
+@pytest.mark.slow  # two tiny runs; test_train keeps a resume in the default suite
 def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path, run_cli, tiny_train):
     straight, damaged = tmp_path / "straight", tmp_path / "damaged"
     sets = ("steps=4", "checkpoint_every=2", "eval_every=2")

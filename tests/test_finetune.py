@@ -252,6 +252,7 @@ def test_import_weights_refuses_code(tmp_path, run_cli):
 # ---- LoRA (peft, optional)
 
 
+@pytest.mark.slow  # a LoRA ViT run and its export
 def test_lora_trains_adapters_and_heads_and_exports_merged(tmp_path, run_cli, tiny_train):
     """Only the adapters and BaconNet's heads train; the merged export gives the adapter model's logits
     and loads as a plain timm ViT."""

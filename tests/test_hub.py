@@ -412,6 +412,7 @@ def _run_py(code: str, env: dict[str, str], timeout: int = 120) -> subprocess.Co
     )  # fmt: skip
 
 
+@pytest.mark.slow  # a fresh interpreter against a local fake Hub
 def test_push_pull_load_and_zoo_tag_through_a_fake_hub(exported, tmp_path):
     from hub_server import HubServer
 
@@ -641,6 +642,7 @@ def test_bacon_card_that_never_engaged_says_so_first(exported, tmp_path, monkeyp
 # plain timm: ViT exports, and what `import bacon_zoo` does
 
 
+@pytest.mark.slow  # a fresh interpreter (plain timm)
 def test_vit_export_loads_in_plain_timm_without_bacon_zoo(tmp_path):
     run = tmp_path / "vit_run"
     net = _make_run(run, backbone="vit_tiny_patch4_32", size=32)
@@ -669,6 +671,7 @@ def test_vit_export_loads_in_plain_timm_without_bacon_zoo(tmp_path):
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "got.npy")), ref, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_bacon_zoo_only_registers_models(tmp_path):
     (tmp_path / "index.json").write_text("{ not json")  # would warn or fail if it were read
     code = """
@@ -706,6 +709,7 @@ def test_card_lists_this_runs_departures_from_the_release(exported, tmp_path):
     assert "FixMatch baseline" not in text
 
 
+@pytest.mark.slow  # a fresh interpreter per snippet
 def test_readme_load_pretrained_snippet_runs_as_written(exported, tmp_path):
     """`import bacon_zoo` then `bacon_zoo.hub.load_pretrained(...)`, as the README and the docs write
     it, in a fresh interpreter: only the hub id becomes a local export (offline)."""

@@ -17,7 +17,7 @@ from bacon_zoo.models import (
     plain_timm_spec,
 )
 
-pytestmark = pytest.mark.usefixtures("two_torch_threads")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = [
     "wrn28_2",
@@ -358,6 +358,7 @@ assert "bacon_zoo" not in sys.modules
 """
 
 
+@pytest.mark.slow  # a fresh interpreter (plain timm)
 def test_plain_timm_spec_loads_in_plain_timm(tmp_path):
     """Our ViT's weights load strictly into timm's parent in a fresh interpreter without bacon_zoo."""
     import subprocess

@@ -203,6 +203,7 @@ def test_eval_loader_values_and_repeatable():
 # two processes under accelerate
 
 
+@pytest.mark.slow  # two CPU processes under accelerate launch
 def test_two_processes_see_disjoint_complete_batches():
     """Two interpreter start-ups + gloo: the bulk of its few seconds."""
     t0 = time.time()

@@ -247,6 +247,7 @@ def test_report_needs_a_study_dir(tmp_path):
 # end to end: real tiny training runs as subprocesses (about 15 s per cell on a loaded machine)
 
 
+@pytest.mark.slow  # four real cells in two concurrent shards
 def test_tiny_study_in_two_shards_reports_and_skips_finished_cells(
     tmp_path, offline_single_thread, capsys
 ):
@@ -296,17 +297,28 @@ def test_tiny_study_in_two_shards_reports_and_skips_finished_cells(
         study(*argv[:-2], "--set", "bacon.tau0=0.2", "--out", str(out))
 
 
-def test_failed_cell_is_reported_with_its_error(tmp_path, offline_single_thread, capsys):
+def test_study_of_a_complete_and_a_failed_cell(tmp_path, offline_single_thread, capsys):
+    """The default suite's end-to-end study: one real tiny cell completes, one fails at its start;
+    the study goes on, and its report, table and plots keep both."""
     out = tmp_path / "study"
-    assert study("run", "--grid", "backbone=no_such_net", *tiny_args(), "--out", str(out)) == 1
+    grid = ["--grid", "backbone=wrn28_2,no_such_net"]
+    assert study("run", *grid, *tiny_args(), "--out", str(out)) == 1
     assert "FAILED" in capsys.readouterr().out
     run_dir = out / "cells" / "backbone=no_such_net__seed=0"
     assert (run_dir / "error.log").read_text().startswith("unknown backbone 'no_such_net'")
     with (out / "results.csv").open() as f:
-        (row,) = list(csv.DictReader(f))
-    assert row["status"] == "failed" and row["error"].startswith("unknown backbone 'no_such_net'")
+        rows = {r["backbone"]: r for r in csv.DictReader(f)}
+    failed, done = rows["no_such_net"], rows["wrn28_2"]
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("unknown backbone 'no_such_net'")
+    cell = out / "cells" / done["cell"]
+    evals = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert done["status"] == "complete" and len(evals) == 2
+    assert float(done["best_top1"]) == round(max(e["top1"] for e in evals), 4)
     report = (out / "report.md").read_text()
     assert "`backbone=no_such_net__seed=0` — failed: unknown backbone 'no_such_net'" in report
+    assert "1 complete" in report and "1 failed" in report
+    assert (out / "top1.png").stat().st_size > 1000  # the plots of the one complete point
 
 
 # ---------------------------------------------------------------------------------------------

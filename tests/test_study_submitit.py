@@ -68,6 +68,7 @@ def _wait_for(predicate, timeout: float = 240.0, what: str = "") -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # waits on submitit's local executor: a minute, and timing-bound under load
 def test_local_executor_requeues_preempted_and_stopped_cells(tmp_path, monkeypatch):
     """The requeue path with fake cells: one task gets submitit's preemption signal (USR2), another
     cell is SIGTERMed directly (exit 143); both are requeued and resume; the third runs straight."""
@@ -110,6 +111,7 @@ def test_local_executor_requeues_preempted_and_stopped_cells(tmp_path, monkeypat
     assert "Requeued job" in log or "requeue" in log.lower()
 
 
+@pytest.mark.slow  # six real cells through two runners: minutes on a loaded machine
 def test_real_cells_killed_and_requeued_match_the_subprocess_runner(tmp_path, monkeypatch):
     """Done-when: 3 real tiny cells through submitit's local executor, one preempted mid-run and resumed
     by the requeue path, end complete with results.csv identical (timings aside) to the subprocess

@@ -116,6 +116,7 @@ def _launch2(script: Path, out: Path, *extra: str, env: dict | None = None):
     return launch_two(script, *args, env=env)
 
 
+@pytest.mark.slow  # two runs of two CPU processes under accelerate launch
 def test_two_processes_count_every_test_image_once_and_stop_together(tmp_path):
     """A straight 2-process run counts each of 61 test images once (61 is odd: padding rows are
     dropped). Then rank 1 alone gets SIGTERM after step 1; the trigger is checked every log_every=2

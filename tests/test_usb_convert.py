@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bacon_zoo.errors import UserError
 from bacon_zoo.models import BaconNet, UsbWeights, bacon_net_from_usb, convert_usb_state_dict
 
-pytestmark = pytest.mark.usefixtures("two_torch_threads")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class RefBlock(nn.Module):
