@@ -702,7 +702,9 @@ def test_card_lists_this_runs_departures_from_the_release(exported, tmp_path):
     text = build_card(out).text
     assert "precision bf16 (release: fp32)" in text
     assert "per-process BatchNorm over 2 processes (release: SyncBatchNorm across GPUs)" in text
-    assert "This FixMatch baseline uses the release's BaCon protocol (constant learning rate)" in text
+    assert (
+        "This FixMatch baseline uses the release's BaCon protocol (constant learning rate)" in text
+    )
     assert "docs/differences.md" in text
     text = build_card(exported["out"]).text  # fp32, one process, BaCon: none of them
     assert "release: fp32" not in text and "per-process BatchNorm" not in text

@@ -332,7 +332,9 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tm
     assert "the training loss or weights became NaN or infinite by step " in errors[0], errors
     stopped = int(errors[0].split("by step ")[1].split(":")[0])
     kept = sorted(p for p in (run / "checkpoints").glob("step_*"))
-    assert kept and all(int(p.name[5:]) < stopped for p in kept)  # nothing saved after the loss went bad
+    assert kept and all(
+        int(p.name[5:]) < stopped for p in kept
+    )  # nothing saved after the loss went bad
     for ckpt in kept:
         assert verify_checkpoint(ckpt) is None
         tensors = [

@@ -69,9 +69,7 @@ def load_pretrained(name: str) -> tuple[Any, dict]:
     )
     export = ExportDir(folder)
     if not export.timm_config.is_file():
-        raise UserError(
-            f"{name} has no {TIMM_CONFIG}: it is not a timm model folder or export"
-        )
+        raise UserError(f"{name} has no {TIMM_CONFIG}: it is not a timm model folder or export")
     verify_safetensors(export.timm_weights, export.expected_sha(TIMM_WEIGHTS))
     fix = "export or download the model again"
     config = export.read_timm_config(fix)
