@@ -102,7 +102,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done, 2 bad input (one `error:` line on stderr, no traceback),
-    143 / 130 stopped by SIGTERM / SIGINT after a checkpoint (requeue with --resume), and a traceback
+    143 / 130 / 140 stopped by SIGTERM / SIGINT / SIGUSR2 (SLURM's time-limit warning) after a
+    checkpoint (requeue with --resume), and a traceback
     for anything else, which is a bug in bacon-zoo and must stay visible.
     """
     parser = build_parser()
