@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import launch_two
+from conftest import launch_two, tiny_sets
 
 from bacon_zoo.algorithms import create_algorithm, describe, model_heads
 from bacon_zoo.algorithms.acr import acr_losses, class_counts, logit_adjustment
@@ -200,15 +200,15 @@ def test_acr_recipes_resolve():
 # end to end on digits: train, resume exactly, two processes
 
 
-TINY = [
-    "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
-    "batch_size=4", "mu=2", "steps=6", "eval_every=3", "checkpoint_every=3", "keep_checkpoints=3",
-    "max_eval_samples=60", "cpu=true", "mixed_precision=no", "export=false", "log_every=2",
-    "eval_batch_size=32", "include_labeled_in_unlabeled=true",
-    # the estimate and tau from step 2, low thresholds so pseudo-labels and banks engage at once
-    "acr.window=2", "acr.est_start=0", "acr.threshold=0.2",
-    "bacon.start=0", "bacon.anchor_threshold=0", "bacon.bank_threshold=0",
-]  # fmt: skip
+# the shared tiny run; ACR's estimate and tau from step 2 and a low threshold, so pseudo-labels and
+# banks engage at once
+TINY = tiny_sets(
+    "keep_checkpoints=3",
+    "include_labeled_in_unlabeled=true",
+    "acr.window=2",
+    "acr.est_start=0",
+    "acr.threshold=0.2",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate.state import AcceleratorState
+from conftest import tiny_sets
 
 from bacon_zoo.algorithms import (
     ALIASES,
@@ -246,12 +247,15 @@ def test_toy_plugin_trains_evaluates_exports_and_gets_a_card(toy, tmp_path, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "toy" in algorithm_names() and "toy" in SECTIONS
     assert "toy+abc" not in algorithm_names()  # ABC's head would be a second balanced head
-    tiny = [
-        "dataset=digits", "n1=20", "m1=40", "imb_ratio_l=5", "imb_ratio_u=5", "image_size=8",
-        "batch_size=4", "mu=2", "steps=4", "eval_every=2", "checkpoint_every=2",
-        "max_eval_samples=40", "cpu=true", "mixed_precision=no", "export=false", "log_every=2",
-        "eval_batch_size=32", "algorithm=toy", "toy.weight=2", f"output_dir={tmp_path / 'run'}",
-    ]  # fmt: skip
+    tiny = tiny_sets(
+        "steps=4",
+        "eval_every=2",
+        "checkpoint_every=2",
+        "max_eval_samples=40",
+        "algorithm=toy",
+        "toy.weight=2",
+        f"output_dir={tmp_path / 'run'}",
+    )
     with pytest.raises(UserError, match="toy.weight must be >= 0"):
         build_config(None, None, [*tiny, "toy.weight=-1"])
     cfg = build_config(None, None, tiny)
