@@ -254,6 +254,7 @@ def test_trains_and_resumes_exactly(tmp_path, monkeypatch, name):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow  # two CPU processes under accelerate launch, per algorithm
 @pytest.mark.parametrize("name", ["acr", "acr+bacon"])
 def test_two_processes_keep_identical_state(name):
     t0 = time.time()
