@@ -131,9 +131,10 @@ def test_two_processes_count_every_test_image_once_and_stop_together(tmp_path):
     assert sorted(np.load(straight / "predictions.npz")["indices"].tolist()) == list(range(61))
     proc = _launch2(ROOT / "tests" / "dist_stop_check.py", stopped, env={"STOP_AT": "1"})
     assert proc.returncode != 0  # the launcher reports the ranks' exits as failed children
-    assert proc.stderr.count("exitcode  : 143") == 2, proc.stderr[
-        -3000:
-    ]  # both ranks: SIGTERM's code
+    # each rank exits 143 (SIGTERM's code); torchrun lists the first rank to exit and may stop the other
+    # itself before it reports, so the listing names one or both (the checkpoint below is the real check)
+    assert 1 <= proc.stderr.count("exitcode  : 143") <= 2, proc.stderr[-3000:]
+    assert "exitcode  : 1 " not in proc.stderr, proc.stderr[-3000:]
     assert "stopped at step 2" in proc.stdout + proc.stderr, proc.stderr[-3000:]
     assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["step_0000002"]
     assert not (stopped / "summary.json").exists()
