@@ -126,6 +126,27 @@ def one_class_folder(c: Ctx) -> list[str]:
     return c.train(sets=_folder_sets(root))
 
 
+def labels_with_gaps(c: Ctx) -> list[str]:
+    """Integer labels 3/7/9 without class names: 10 classes of which 7 are empty."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(30)]
+    labels = [(3, 7, 9)[i % 3] for i in range(30)]
+    root = c.tmp / "gaps"
+    datasets.Dataset.from_dict({"image": images, "label": labels}).save_to_disk(str(root))
+    c.watch.append(root)
+    return c.train(sets=_folder_sets(root))
+
+
+def one_image_class(c: Ctx) -> list[str]:
+    root = _images(c.tmp / "imgs", classes=3, per_class=12)
+    for extra in list((root / "class_2").iterdir())[1:]:
+        extra.unlink()  # class_2 keeps one image
+    c.watch.append(root)
+    return c.train(sets=(*_folder_sets(root), "test_per_class=1"))
+
+
 def output_dir_is_file(c: Ctx) -> list[str]:
     f = c.tmp / "afile"
     f.write_text("user data\n")
@@ -415,6 +436,8 @@ CASES = [
     ("corrupt_image", corrupt_image, "broken.png"),
     ("empty_folder", empty_folder, "no images or supported data files"),
     ("one_class_folder", one_class_folder, "one class"),
+    ("labels_with_gaps", labels_with_gaps, "have no training images"),
+    ("one_image_class", one_image_class, "has only 1 image"),
     ("dataset_missing", _train("--set", "dataset=/no/such/folder"), "/no/such/folder"),
     ("n1_too_big", _train("--n1", "5000"), "5000"),
     # paths (17.7)

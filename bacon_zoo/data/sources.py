@@ -847,6 +847,19 @@ def load_source(
             "set --label-column"
         )
 
+    counts = class_counts(train.labels, len(names))
+    empty = [k for k, c in enumerate(counts) if c == 0]
+    # integer labels with gaps (3/7/9) or a class without images: say so, not "lower --n1"
+    if empty:
+        shown = ", ".join(f"{k} ('{names[k]}')" for k in empty[:5])
+        shown += ", ..." if len(empty) > 5 else ""
+        used = ", ".join(names[k] for k, c in enumerate(counts) if c)
+        raise UserError(
+            f"{len(empty)} of the {len(names)} classes of '{dataset}' have no training images "
+            f"({shown}); every class 0..K-1 needs images (the labels used are {used}): relabel them "
+            "0..K-1 without gaps, or drop the empty classes from the label feature"
+        )
+
     held_out = 0
     if test_name is not None:
         test_ds = splits[test_name]
@@ -868,6 +881,12 @@ def load_source(
             per_class = max(1, min(100, int(0.2 * min(counts))))
         if per_class >= min(counts):
             k = int(np.argmin(counts))
+            if counts[k] < 2:
+                raise UserError(
+                    f"class {k} ('{names[k]}') has only {counts[k]} image: with no test split each "
+                    "class needs at least 2 (one held out for testing, one to train); add images of "
+                    "it or leave the class out"
+                )
             raise UserError(
                 f"class {k} ('{names[k]}') has {counts[k]} images, too few to hold out "
                 f"--test-per-class {per_class} for testing and keep some for training (the data set "
