@@ -93,10 +93,13 @@ def pil_crop_flip(image: np.ndarray, top: int, left: int, flip: bool, pad: int) 
 def pil_rand_augment(img: Image.Image, ops: list[str], mags: list[float], cut: list[float]):
     for name, v in zip(ops, mags):
         img = PIL_OPS[name](img, v)
-    v, ux, uy = cut  # USB's CutoutAbs with side v * W and centre (ux * W, uy * H)
+    # USB's CutoutAbs: side v * W, centre np.random.uniform(w), np.random.uniform(h): numpy's
+    # uniform(low, high=1.0) with low = W, i.e. W + (1 - W) u, on (1, W]
+    v, ux, uy = cut
     w, h = img.size
     side = v * w
-    x0, y0 = int(max(0, ux * w - side / 2.0)), int(max(0, uy * h - side / 2.0))
+    cx, cy = w + (1 - w) * ux, h + (1 - h) * uy
+    x0, y0 = int(max(0, cx - side / 2.0)), int(max(0, cy - side / 2.0))
     x1, y1 = int(min(w, x0 + side)), int(min(h, y0 + side))
     if v > 0:
         img = img.copy()
