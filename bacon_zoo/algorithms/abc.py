@@ -32,18 +32,25 @@ def abc_ratios(labeled_counts: Sequence[int] | Tensor) -> Tensor:
     return r.float()
 
 
-def _uniform(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
-    """U(0, 1) draws made on the generator's device, returned on `device`."""
+def _uniform(
+    n: int, device: torch.device, generator: torch.Generator | None, drawn: Tensor | None = None
+) -> Tensor:
+    """U(0, 1) draws made on the generator's device, returned on `device` (or `drawn`, already made)."""
+    if drawn is not None:
+        return drawn.to(device)
     where = generator.device if generator is not None else device
     return torch.rand(n, device=where, generator=generator).to(device)
 
 
 def abc_labeled_mask(
-    labels: Tensor, ratios: Tensor, generator: torch.Generator | None = None
+    labels: Tensor,
+    ratios: Tensor,
+    generator: torch.Generator | None = None,
+    uniform: Tensor | None = None,
 ) -> Tensor:
-    """Bern(r_{y_i}) per labeled sample, as a float mask."""
+    """Bern(r_{y_i}) per labeled sample, as a float mask (`uniform`: the U(0, 1) draws, if made)."""
     keep = ratios.to(labels.device)[labels]
-    return (_uniform(labels.numel(), labels.device, generator) < keep).float()
+    return (_uniform(labels.numel(), labels.device, generator, uniform) < keep).float()
 
 
 def abc_unlabeled_mask(
@@ -52,6 +59,7 @@ def abc_unlabeled_mask(
     progress: float,
     threshold: float = 0.95,
     generator: torch.Generator | None = None,
+    uniform: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """1[max q >= threshold] * Bern(1 - progress * (1 - r_yhat)); returns (float mask, yhat).
 
@@ -60,7 +68,7 @@ def abc_unlabeled_mask(
     conf, yhat = probs_w.max(dim=-1)
     progress = min(max(float(progress), 0.0), 1.0)
     keep = 1.0 - progress * (1.0 - ratios.to(probs_w.device)[yhat])
-    draw = _uniform(yhat.numel(), probs_w.device, generator) < keep
+    draw = _uniform(yhat.numel(), probs_w.device, generator, uniform) < keep
     return ((conf >= threshold) & draw).float(), yhat
 
 
@@ -93,17 +101,28 @@ class ABC(Plugin):
     def heads(cls, cfg: Any) -> tuple[Head, ...]:
         return (Head("abc", description="ABC head h_a (the head ABC and BaCon evaluate)"),)
 
+    def draws(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """U(0, 1) per labeled sample, then per unlabeled sample, from this step's generator."""
+        b, u = self.sizes(batch)
+        device = batch["y_lb"].device
+        g = self.generator(step, device)
+        return {"abc.u_lb": _uniform(b, device, g), "abc.u_ulb": _uniform(u, device, g)}
+
     def abc_losses(
         self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """(ABC loss, logs, q(u^w))."""
         b, u = self.sizes(batch)
         abc_lb, abc_w, abc_s = split_batch(out.logits_abc[: b + 2 * u], b, u)
-        g = self.generator(step, abc_lb.device)
-        mask_lb = abc_labeled_mask(batch["y_lb"], self.ratios, g)
+        drawn = self.drawn(batch, step)
+        mask_lb = abc_labeled_mask(batch["y_lb"], self.ratios, uniform=drawn["abc.u_lb"])
         q_w, _, _ = pseudo_labels(abc_w)
         mask_u, yhat = abc_unlabeled_mask(
-            q_w, self.ratios, step / max(total_steps, 1), self.cfg.threshold, g
+            q_w,
+            self.ratios,
+            step / max(total_steps, 1),
+            self.cfg.threshold,
+            uniform=drawn["abc.u_ulb"],
         )
         loss_lb = masked_cross_entropy(abc_lb, batch["y_lb"], mask_lb)
         loss_ulb = masked_cross_entropy(abc_s, yhat, mask_u)

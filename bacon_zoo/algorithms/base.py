@@ -135,6 +135,20 @@ class Plugin(nn.Module):
         tensors to log. Called in plug-in order (base first), before backward."""
         raise NotImplementedError
 
+    def draws(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """The random numbers `loss` uses this step, from `self.generator(step, ...)`, under keys
+        prefixed with the plug-in's name (none by default). `Algorithm.forward_loss` draws them before
+        the losses and passes them in the batch: a generator made inside a compiled region breaks
+        its graph, and drawn outside, the same seed gives the same numbers eager or compiled."""
+        return {}
+
+    def drawn(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """This step's `draws`: from the batch when `forward_loss` put them there, else drawn now
+        (a direct `loss` call), the same numbers either way."""
+        prefix = f"{self.name}."
+        mine = {k: v for k, v in batch.items() if k.startswith(prefix)}
+        return mine or self.draws(batch, step)
+
     def after_step(self, step: int, total_steps: int) -> None:
         """State updates that must follow the optimizer step (nothing by default)."""
 
@@ -232,7 +246,11 @@ class Algorithm(nn.Module):
     def forward_loss(
         self, model: nn.Module, batch: dict[str, Any], step: int, total_steps: int
     ) -> tuple[Tensor, dict[str, Tensor], Any]:
-        """The base's forward pass(es), then every plug-in's loss: (loss, logs, outputs)."""
+        """The plug-ins' random draws, the base's forward pass(es), then every plug-in's loss:
+        (loss, logs, outputs). `loss` is pure tensor code given the batch and the step (what
+        `--compile` compiles, `bacon_zoo.train.compile`)."""
+        for part in self.parts:
+            batch.update(part.draws(batch, step))
         out = self.base.forward_pass(model, batch, step)
         loss, logs = self.loss(out, batch, step, total_steps)
         return loss, logs, out

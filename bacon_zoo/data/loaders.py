@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bacon_zoo.data.augment import RandAugmentParams, apply_params, draw_params
+from bacon_zoo.data.augment import RELEASE_OPS, RandAugmentParams, apply_params, draw_params
 from bacon_zoo.data.sources import ImageSet
 from bacon_zoo.data.views import crop_flip, crop_padding, draw_crop_flip, normalize, resize
 
@@ -172,36 +172,56 @@ class TrainStream:
             slice(s.rank * s.batch_size, (s.rank + 1) * s.batch_size),
         )
 
-    def _crops(self, step: int, idx: Tensor) -> list[Tensor]:
-        """Every view's crop/flip of this rank's images (uint8), made in one gather."""
-        draws = []
+    def draws(self, step: int) -> tuple[Tensor, list[tuple[Tensor, ...]], list[Tensor | None]]:
+        """Everything batch `step` draws, on `data_device`: this rank's image indices, every view's
+        crop/flip (top, left, flip) and every strong view's RandAugment + Cutout draws (op indices,
+        magnitudes, Cutout; None for a weak view). Generators stay here, outside `augment`."""
+        idx = _to(torch.from_numpy(self.sampler.batch(step)), self.data_device)
+        crops, augs = [], []
         for view in self.views.values():
             i = strong_index(view)
             gen, n, mine = self._seeded(step, _WEAK if i is None else _STRONG_CROP + 2 * i)
             top, left, flip = draw_crop_flip(n, self.images.shape[2:], gen, self.pad)
-            draws.append((top[mine], left[mine], flip[mine]))
-        if len(draws) == 1:
-            return [crop_flip(self.images, idx, *draws[0], self.pad)]
-        top, left, flip = (torch.cat(d) for d in zip(*draws))
-        crops = crop_flip(self.images, idx.repeat(len(draws)), top, left, flip, self.pad)
-        return list(crops.chunk(len(draws)))
+            crops.append((top[mine], left[mine], flip[mine]))
+        for view in self.views.values():
+            i = strong_index(view)
+            if i is None:
+                augs.append(None)
+                continue
+            gen, n, mine = self._seeded(step, _STRONG_AUG + 2 * i)
+            p = draw_params(n, gen, RANDAUGMENT_OPS_PER_IMAGE)
+            augs.append((p.op_idx[mine], p.magnitude[mine], p.cutout[mine]))
+        return idx, crops, augs
 
-    def _rand_augment(self, step: int, x: Tensor, i: int = 0) -> Tensor:
-        gen, n, mine = self._seeded(step, _STRONG_AUG + 2 * i)
-        p = draw_params(n, gen, RANDAUGMENT_OPS_PER_IMAGE)
-        return apply_params(
-            x, RandAugmentParams(p.ops, p.op_idx[mine], p.magnitude[mine], p.cutout[mine])
-        )
+    def augment(
+        self, idx: Tensor, crops: list[tuple[Tensor, ...]], augs: list[Tensor | None]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """(labels, uint8 views) on `data_device` from `draws`: every view's crop/flip in one gather,
+        then RandAugment + Cutout on the strong ones. Pure tensor code on fixed shapes (what
+        `--compile` compiles, `bacon_zoo.train.compile`)."""
+        if len(crops) == 1:
+            views = [crop_flip(self.images, idx, *crops[0], self.pad)]
+        else:
+            top, left, flip = (torch.cat(d) for d in zip(*crops))
+            both = crop_flip(self.images, idx.repeat(len(crops)), top, left, flip, self.pad)
+            views = list(both.chunk(len(crops)))
+        for k, aug in enumerate(augs):
+            if aug is not None:
+                params = RandAugmentParams(RELEASE_OPS, *aug)
+                views[k] = apply_params(views[k], params)
+        return self.labels[idx], views
+
+    def finish(self, x: Tensor) -> Tensor:
+        """A uint8 view on `device` -> the float32 network input (normalised, resized)."""
+        return resize(normalize(x, self.mean, self.std), self.input_size)
 
     def batch(self, step: int) -> dict[str, Tensor]:
         """Batch `step` of this rank, a pure function of (seed, step, rank, world_size)."""
-        idx = _to(torch.from_numpy(self.sampler.batch(step)), self.data_device)
-        out = {"idx": _to(idx, self.device), "y": _to(self.labels[idx], self.device)}
-        for (key, view), x in zip(self.views.items(), self._crops(step, idx)):
-            i = strong_index(view)
-            if i is not None:
-                x = self._rand_augment(step, x, i)
-            out[key] = resize(normalize(_to(x, self.device), self.mean, self.std), self.input_size)
+        idx, crops, augs = self.draws(step)
+        y, views = self.augment(idx, crops, augs)
+        out = {"idx": _to(idx, self.device), "y": _to(y, self.device)}
+        for key, x in zip(self.views, views):
+            out[key] = self.finish(_to(x, self.device))
         return out
 
     def __iter__(self) -> TrainStream:
