@@ -144,7 +144,9 @@ class TrainConfig:
     output_dir: str | None = None
     resume: str | None = None  # "auto" (latest in output_dir) or a checkpoint directory
     channels_last: bool = True
-    compile: bool = False
+    # torch.compile the step with inductor: false, true (= default), default, reduce-overhead (+ CUDA
+    # graphs), max-autotune (bacon_zoo/train/compile.py)
+    compile: bool | str = False
     cpu: bool = False
     log_with: str = "none"
     # auto: bf16 where the device has native bf16 (CUDA, AVX-512-BF16/AMX CPUs), else fp32;
@@ -167,6 +169,7 @@ class TrainConfig:
 
 
 _STATIC_FIELDS = {f.name for f in fields(TrainConfig)}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 CHOICES = {
     "lr_schedule": ("constant", "cosine", "full_cosine"),
     "normalize": ("auto", "data", "backbone"),
@@ -174,6 +177,7 @@ CHOICES = {
     "mixed_precision": (None, "auto", "no", "fp16", "bf16"),
     "head_init": ("default", "family"),
     "data_device": ("auto", "cpu"),
+    "compile": (False, *COMPILE_MODES),
 }
 
 
@@ -316,8 +320,24 @@ def _field_types(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
+def _coerce_compile(value: Any, key: str) -> bool | str:
+    """`compile`: a boolean (true means "default") or a torch.compile mode, as one value."""
+    text = str(value).strip().lower() if isinstance(value, (str, bool)) else None
+    if text in ("0", "false", "no", "off", "none", "null"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return "default"
+    if text in COMPILE_MODES:
+        return text
+    raise UserError(
+        f"config key '{key}': {value!r} is not one of false, true, {', '.join(COMPILE_MODES)}"
+    )
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the declared field type, or raise a one-line UserError."""
+    if key == "compile":
+        return _coerce_compile(value, key)
     origin = get_origin(typ)
     args = get_args(typ)
     if origin is not None and type(None) in args:  # Optional[X]
@@ -595,6 +615,17 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                 metavar="DIR",
                 help="resume from the latest checkpoint in --output-dir, or from DIR",
             )
+        elif f.name == "compile":
+            parser.add_argument(
+                flag,
+                nargs="?",
+                const="default",
+                default=None,
+                metavar="MODE",
+                help="torch.compile the training step with inductor; MODE: "
+                f"{' | '.join(COMPILE_MODES)} (default: off)",
+            )
+            parser.add_argument("--no-compile", dest="compile", action="store_const", const="false")
         elif typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:

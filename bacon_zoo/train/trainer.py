@@ -52,6 +52,13 @@ from bacon_zoo.run.checkpoint import (
 from bacon_zoo.run.layout import step_of
 from bacon_zoo.run.lock import RunLock
 from bacon_zoo.run.weights import local_folder
+from bacon_zoo.train.compile import (
+    compile_algorithm,
+    compile_mode,
+    compile_model,
+    compile_streams,
+    step_begin,
+)
 from bacon_zoo.train.diagnostics import TrainingDiagnostics
 from bacon_zoo.train.ema import ModelEma
 from bacon_zoo.train.evaluate import evaluate
@@ -144,6 +151,7 @@ class StepParts:
     total_steps: int
     channels_last: bool = False
     ema_warmup: bool = False
+    compile_mode: str | None = None  # torch.compile's mode, None: eager (bacon_zoo.train.compile)
 
 
 def make_step_parts(
@@ -160,8 +168,10 @@ def make_step_parts(
     fused_ok = accelerator.mixed_precision != "fp16"
     optimizer = make_optimizer(model, cfg, accelerator.device if fused_ok else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    if cfg.compile:
-        model = torch.compile(model)
+    mode = compile_mode(cfg.compile)
+    if mode:  # the network, the losses and the bank writes (the views: `compile_streams`)
+        model = compile_model(model, mode)
+        compile_algorithm(algo, mode, fullgraph=accelerator.num_processes == 1)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = ModelEma(
         accelerator.unwrap_model(model),
@@ -171,7 +181,7 @@ def make_step_parts(
     )
     return StepParts(
         model, algo, optimizer, scheduler, ema, accelerator, cfg.steps, cfg.channels_last,
-        cfg.ema_warmup,
+        cfg.ema_warmup, mode,
     )  # fmt: skip
 
 
@@ -593,7 +603,7 @@ def _train(
         num_unlabeled=len(data.unlabeled.labels),
         seed=cfg.seed,
         rank=rank,
-        gather=accelerator.gather,
+        gather=accelerator.gather if world > 1 else None,  # one process: nothing to gather
         # which unlabeled images are labeled ones too (include_labeled_in_unlabeled; ACR's estimate)
         unlabeled_is_labeled=torch.from_numpy(
             np.isin(data.split.unlabeled_idx, data.split.labeled_idx)
@@ -637,6 +647,8 @@ def _train(
         device=accelerator.device, data_device=data_device, input_size=input_size(cfg),
         unlabeled_views=algo.unlabeled_views,
     )  # fmt: skip
+    if parts.compile_mode:
+        compile_streams(lb_stream, ulb_stream, mode=parts.compile_mode)
     lb_iter, ulb_iter = iter(lb_stream), iter(ulb_stream)
     eval_batches = make_eval_loader(
         data.test, cfg.eval_batch_size, mean, std,
@@ -665,6 +677,7 @@ def _train(
 
     with StopSignal(accelerator, cfg.log_every) as stop:
         for step in range(start, cfg.steps):
+            step_begin(parts.compile_mode)
             logs, out, batch = train_step(parts, next(lb_iter), next(ulb_iter), step)
             diag.update(out, batch, logs)
             progress_state.step = step + 1
