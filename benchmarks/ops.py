@@ -94,8 +94,11 @@ def _in_part(counter: OpCounter, part: str, fn: Any) -> Any:
     return wrapped
 
 
-def build(algorithm: str, batch_size: int, mu: int, image_size: int, seed: int) -> dict[str, Any]:
-    """The trainer's own setup for a short digits run: config, data streams, step parts, diagnostics."""
+def build(
+    algorithm: str, batch_size: int, mu: int, image_size: int, seed: int, sets: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The trainer's own setup for a short digits run: config, data streams, step parts, diagnostics
+    (`sets`: more config items, e.g. "compile=default", which compiles the streams as `train` does)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -103,6 +106,7 @@ def build(algorithm: str, batch_size: int, mu: int, image_size: int, seed: int) 
     from bacon_zoo.config import build_config
     from bacon_zoo.data import make_train_loaders, prepare_data
     from bacon_zoo.run import build_model
+    from bacon_zoo.train.compile import compile_streams
     from bacon_zoo.train.diagnostics import TrainingDiagnostics
     from bacon_zoo.train.trainer import make_step_parts
 
@@ -111,7 +115,7 @@ def build(algorithm: str, batch_size: int, mu: int, image_size: int, seed: int) 
         "imb_ratio_l": 10, "imb_ratio_u": 10, "batch_size": batch_size, "mu": mu, "steps": 1000,
         "cpu": True, "mixed_precision": "no", "seed": seed,
     }  # fmt: skip
-    cfg = build_config(None, flags, CONTRASTIVE_SETS)
+    cfg = build_config(None, flags, [*CONTRASTIVE_SETS, *sets])
     AcceleratorState._reset_state(True)
     acc = Accelerator(cpu=True, mixed_precision="no")
     torch.manual_seed(seed)
@@ -131,14 +135,18 @@ def build(algorithm: str, batch_size: int, mu: int, image_size: int, seed: int) 
         data.labeled, data.unlabeled, cfg.batch_size, cfg.mu, data.mean, data.std, seed=cfg.seed,
         device=acc.device,
     )  # fmt: skip
+    if parts.compile_mode:
+        compile_streams(lb, ulb, mode=parts.compile_mode)
     parts.model.train()
     return {"cfg": cfg, "parts": parts, "diag": diag, "lb": lb.__next__, "ulb": ulb.__next__}
 
 
 def loop_step(run: dict[str, Any], step: int, log_sums: dict[str, torch.Tensor]) -> None:
     """One non-logging iteration of the trainer's loop: batches, `train_step`, diagnostics, log sums."""
+    from bacon_zoo.train.compile import step_begin
     from bacon_zoo.train.trainer import train_step
 
+    step_begin(run["parts"].compile_mode)
     lb, ulb = run["lb"](), run["ulb"]()
     logs, out, batch = train_step(run["parts"], lb, ulb, step)
     run["diag"].update(out, batch, logs)
@@ -178,6 +186,8 @@ def count(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:
         "per_step": {p: round(v, 1) for p, v in mean.items()}
         | {"total": round(sum(mean.values()), 1)},
         "views_ops_per_step": {p: round(counter.views[p] / n, 1) for p in PARTS},
+        # without the view ops (detach, slice, ...), which alias and launch no kernel
+        "non_view_total": round(sum(mean.values()) - sum(counter.views.values()) / n, 1),
         "same_count_every_step": all(s == per_step[0] for s in per_step),
         "steps_counted": n,
         "top_ops": {
