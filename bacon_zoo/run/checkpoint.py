@@ -442,7 +442,7 @@ def load_checkpoint(accelerator: Accelerator, ckpt: Path, objects: dict[str, Sta
     Our state is read by `read_state`. `accelerator.load_state` is shown only accelerate's own files
     (model.safetensors, optimizer.bin, random_states_N.pkl, ...: symlinked into a private folder),
     each pickle first checked by `refuse_code`; it reads them with weights_only=True. It never sees a
-    `custom_checkpoint_N.pkl`, which it would load with weights_only=False.
+    `custom_checkpoint_N.pkl`, which it would unpickle without the weights-only guard.
     """
     ckpt = Path(ckpt)
     states = read_state(ckpt, tuple(objects))
