@@ -394,8 +394,10 @@ def write_result(name: str, device: torch.device, payload: dict[str, Any], start
         "peak_memory": peak_memory(device),
         **payload,
     }
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {path.relative_to(REPO)}")
+    from bacon_zoo.fileio import atomic_write_text  # a reader never sees half a file
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return path
 
 
