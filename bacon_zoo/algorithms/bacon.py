@@ -20,7 +20,7 @@ from bacon_zoo.config import FRACTION, Range, above, at_least
 from bacon_zoo.errors import UserError
 from bacon_zoo.models.bacon_net import Head
 
-from .bank import MemoryBank
+from .bank import MemoryBank, WritePlan
 from .base import Plugin
 from .fixmatch import pseudo_labels
 from .registry import register
@@ -220,7 +220,8 @@ class BaCon(Plugin):
             quirks=cfg.official_quirks,
             gather=ctx.gather,
         )
-        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        # this step's feature writes: (slots, z, selected, the label write's plan), for after_step
+        self._pending: list[tuple[Tensor, Tensor, Tensor, WritePlan | None]] = []
 
     @classmethod
     def heads(cls, cfg: BaconConfig) -> tuple[Head, ...]:
@@ -273,8 +274,8 @@ class BaCon(Plugin):
         active = step > c.start * total_steps
         # centers as left by step t-1 (read before this step's label writes move them)
         centers, valid = self.bank.centers() if active else (None, None)
-        self.bank.update_labels(slots, labels, torch.cat([ok_lb, ok_w]))
-        self._pending.append((slots, z.detach(), selected))
+        plan = self.bank.update_labels(slots, labels, torch.cat([ok_lb, ok_w]))
+        self._pending.append((slots, z.detach(), selected, plan))
 
         if active:
             is_labeled = torch.arange(b + u, device=z.device) < b
@@ -306,8 +307,10 @@ class BaCon(Plugin):
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Write the feature bank with this step's anchors (all pending micro-batches, in order)."""
-        for slots, z, selected in self._pending:
-            self.bank.update_features(slots, z, selected)
+        # a plan holds the slots as its label write left them: reused when no other write followed
+        reuse = len(self._pending) == 1
+        for slots, z, selected, plan in self._pending:
+            self.bank.update_features(slots, z, selected, plan if reuse else None)
         self._pending.clear()
         if self.resync_every and (step + 1) % self.resync_every == 0:
             self.bank.resync()
