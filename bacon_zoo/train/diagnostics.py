@@ -145,7 +145,8 @@ class TrainingDiagnostics:
         # class are its block, row sums and column sums, so a step is one unconditional index_add_
         # (torch.bincount would read max() back to the host on CUDA)
         self.joint = torch.zeros((k + 1) * (k + 1), dtype=torch.long)
-        self.true_ulb = torch.full((self.num_unlabeled + 1,), -1, dtype=torch.long)  # + a trash slot
+        # the true label of each unlabeled sample seen, and a trash slot
+        self.true_ulb = torch.full((self.num_unlabeled + 1,), -1, dtype=torch.long)
         self.prev_centers: Tensor | None = None
         self.prev_valid: Tensor | None = None
         self.steps = 0
@@ -312,4 +313,3 @@ class TrainingDiagnostics:
             self.con.zero_()
             self.joint.zero_()
             self.steps = 0
-
