@@ -144,14 +144,13 @@ def build(
 def loop_step(run: dict[str, Any], step: int, log_sums: dict[str, torch.Tensor]) -> None:
     """One non-logging iteration of the trainer's loop: batches, `train_step`, diagnostics, log sums."""
     from bacon_zoo.train.compile import step_begin
-    from bacon_zoo.train.trainer import train_step
+    from bacon_zoo.train.trainer import accumulate_logs, train_step
 
     step_begin(run["parts"].compile_mode)
     lb, ulb = run["lb"](), run["ulb"]()
     logs, out, batch = train_step(run["parts"], lb, ulb, step)
     run["diag"].update(out, batch, logs)
-    for k, v in logs.items():
-        log_sums[k] = log_sums.get(k, 0) + v.detach().float()
+    accumulate_logs(log_sums, logs)
 
 
 def count(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -115,6 +115,25 @@ def test_training_diagnostics_pseudo_label_window():
     assert e["window_steps"] == 0 and e["pl_seen"] == [0, 0, 0] and e["pl_precision"] == [None] * 3
 
 
+def test_training_diagnostics_checkpoint_counters():
+    """One joint counter per window, saved as the three counters with their trash bins: confusion
+    [true * K + pseudo] (known and confident), seen [true] and confident [pseudo] (last: unknown)."""
+    k = 3
+    diag = TrainingDiagnostics(k, "abc", 0.9, [1, 1, 1], [2, 2, 2], num_labeled=3)
+    weak = _confident([0, 2, 1, 1, 0], k, [True, True, False, True, True])
+    diag.update(_out(weak, 2, k), _batch([0, 1, -1, 5, 2], [0, 1, 2, 3, 4]))  # 5: not a class
+    state = diag.state_dict()
+    want_confusion = torch.zeros(k * k + 1, dtype=torch.long)
+    want_confusion[[0 * k + 0, 1 * k + 2, 2 * k + 0]] = 1
+    want_confusion[k * k] = 2  # the unknown truths -1 and 5
+    assert torch.equal(state["confusion"], want_confusion)
+    assert state["seen"].tolist() == [1, 1, 1, 2] and state["confident"].tolist() == [2, 1, 1, 1]
+    again = TrainingDiagnostics(k, "abc", 0.9, [1, 1, 1], [2, 2, 2], num_labeled=3)
+    again.load_state_dict(state)
+    assert all(torch.equal(again.state_dict()[n], state[n]) for n in ("confusion", "seen"))
+    assert torch.equal(again.state_dict()["confident"], state["confident"])
+
+
 def test_training_diagnostics_uses_the_eval_head():
     k = 3
     weak = _confident([0, 1], k, [True, True])

@@ -97,6 +97,26 @@ def test_duplicate_slots_last_masked_write_wins():
     assert centers[2].tolist() == [0.0, 5.0]
 
 
+@pytest.mark.parametrize("quirks", [False, True])
+def test_feature_write_with_the_label_writes_plan_is_the_same_write(quirks):
+    """BaCon's step: a label write, then a feature write of the same slots (another mask) that reuses
+    the label write's sort and reads: the bank ends bit for bit as with two independent writes."""
+    K, n_l, n_u, d = 5, 10, 20, 3
+    planned, plain = (MemoryBank(K, n_l, n_u, d, quirks=quirks) for _ in range(2))
+    g = torch.Generator().manual_seed(1)
+    for it in range(60):
+        m = int(torch.randint(0, 25, (1,), generator=g))
+        slots = torch.randint(0, 8 if it % 3 == 0 else n_l + n_u, (m,), generator=g)  # dups
+        ok, selected = torch.rand(m, generator=g) < 0.6, torch.rand(m, generator=g) < 0.5
+        labels, feats = torch.randint(0, K, (m,), generator=g), torch.randn(m, d, generator=g)
+        plan = planned.update_labels(slots, labels, ok)
+        planned.update_features(slots, feats, selected, plan)
+        plain.update_labels(slots, labels, ok)
+        plain.update_features(slots, feats, selected)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(planned.state_dict()[k], v), k
+
+
 def test_bank_state_moves_with_state_dict():
     a = MemoryBank(4, 3, 5, 2)
     a.update_labels(torch.tensor([0, 4]), torch.tensor([1, 3]), torch.tensor([True, True]))

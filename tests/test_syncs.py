@@ -64,12 +64,11 @@ def build(algorithm: str, device: str = "cpu") -> dict:
 def loop_step(run: dict, step: int) -> dict:
     """One non-logging iteration of the trainer's loop: both batches, the step, diagnostics, the
     on-device log sums."""
-    from bacon_zoo.train.trainer import train_step
+    from bacon_zoo.train.trainer import accumulate_logs, train_step
 
     logs, out, batch = train_step(run["parts"], next(run["lb"]), next(run["ulb"]), step)
     run["diag"].update(out, batch, logs)
-    for k, v in logs.items():
-        run["log_sums"][k] = run["log_sums"].get(k, 0) + v.detach().float()
+    accumulate_logs(run["log_sums"], logs)
     return logs
 
 
@@ -136,3 +135,35 @@ def test_detector_flags_each_kind_of_sync() -> None:
         torch.as_tensor(u, dtype=torch.float32).clamp(max=0.5).gather(0, t.flip(0))
         torch.from_numpy(np.arange(3))
     assert not det.events, det.report()
+
+
+def test_log_sums_are_one_op_and_the_per_key_sums() -> None:
+    """The loop's log sums: one foreach add a step (after the casts of logs that are not float32),
+    the values of `sums.get(k, 0) + v.float()`."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bacon_zoo.train.trainer import accumulate_logs
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    want: dict[str, torch.Tensor] = {}
+    got: dict[str, torch.Tensor] = {}
+    for step in range(4):
+        logs = {"loss": torch.randn((), generator=g), "zero": torch.tensor(-0.0)}
+        logs["n"] = torch.tensor(step)  # a long, cast as the per-key sum casts it
+        logs["x64"] = torch.randn((), generator=g, dtype=torch.float64)
+        if step >= 2:
+            logs["late"] = torch.rand((), generator=g)  # a key that appears later starts at 0
+        for k, v in logs.items():
+            want[k] = want.get(k, 0) + v.detach().float()
+        ops: list[str] = []
+        with Ops():
+            accumulate_logs(got, logs)
+        casts = ["aten._to_copy.default"] * 2  # the long and the float64 log
+        assert step in (0, 2) or ops == [*casts, "aten._foreach_add_.List"], ops
+    assert list(got) == list(want)
+    assert [repr(v.item()) for v in got.values()] == [repr(v.item()) for v in want.values()]

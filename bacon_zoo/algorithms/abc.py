@@ -17,7 +17,7 @@ from torch import Tensor
 from bacon_zoo.config import FRACTION, at_least
 from bacon_zoo.models.bacon_net import Head
 
-from .base import Plugin, split_batch
+from .base import Plugin, leading_rows, scaled, split_batch
 from .fixmatch import masked_cross_entropy, pseudo_labels
 from .registry import register
 
@@ -66,10 +66,24 @@ def abc_unlabeled_mask(
     `progress` = t/T in [0, 1]: at 0 every confident sample is kept, at 1 class k keeps r_k of them.
     """
     conf, yhat = probs_w.max(dim=-1)
+    return abc_kept(conf, yhat, 1.0 - ratios, progress, threshold, generator, uniform), yhat
+
+
+def abc_kept(
+    conf: Tensor,
+    yhat: Tensor,
+    drop: Tensor,
+    progress: float,
+    threshold: float = 0.95,
+    generator: torch.Generator | None = None,
+    uniform: Tensor | None = None,
+) -> Tensor:
+    """`abc_unlabeled_mask` from the pseudo-labels' confidence and class, when the caller has them,
+    and drop = 1 - r [K] (a constant of the run: 1 - r_yhat is one gather of it)."""
     progress = min(max(float(progress), 0.0), 1.0)
-    keep = 1.0 - progress * (1.0 - ratios.to(probs_w.device)[yhat])
-    draw = _uniform(yhat.numel(), probs_w.device, generator, uniform) < keep
-    return ((conf >= threshold) & draw).float(), yhat
+    keep = 1.0 - progress * drop.to(conf.device)[yhat]
+    draw = _uniform(yhat.numel(), conf.device, generator, uniform) < keep
+    return ((conf >= threshold) & draw).float()
 
 
 @dataclass
@@ -96,6 +110,7 @@ class ABC(Plugin):
     def __init__(self, cfg: ABCConfig, ctx: Any) -> None:
         super().__init__(cfg, ctx)
         self.register_buffer("ratios", abc_ratios(ctx.labeled_counts), persistent=False)
+        self.register_buffer("drop", 1.0 - self.ratios, persistent=False)  # 1 - r_k
 
     @classmethod
     def heads(cls, cfg: Any) -> tuple[Head, ...]:
@@ -113,13 +128,14 @@ class ABC(Plugin):
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """(ABC loss, logs, q(u^w))."""
         b, u = self.sizes(batch)
-        abc_lb, abc_w, abc_s = split_batch(out.logits_abc[: b + 2 * u], b, u)
+        abc_lb, abc_w, abc_s = split_batch(leading_rows(out.logits_abc, b + 2 * u), b, u)
         drawn = self.drawn(batch, step)
         mask_lb = abc_labeled_mask(batch["y_lb"], self.ratios, uniform=drawn["abc.u_lb"])
-        q_w, _, _ = pseudo_labels(abc_w)
-        mask_u, yhat = abc_unlabeled_mask(
-            q_w,
-            self.ratios,
+        q_w, conf, yhat = pseudo_labels(abc_w)
+        mask_u = abc_kept(
+            conf,
+            yhat,
+            self.drop,
             step / max(total_steps, 1),
             self.cfg.threshold,
             uniform=drawn["abc.u_ulb"],
@@ -140,4 +156,4 @@ class ABC(Plugin):
         self, out: Any, batch: dict[str, Tensor], step: int, total_steps: int, algo: Any = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         loss_abc, logs, _ = self.abc_losses(out, batch, step, total_steps)
-        return self.cfg.weight * loss_abc, logs
+        return scaled(self.cfg.weight, loss_abc), logs

@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from bacon_zoo.config import FRACTION, Range, above, at_least
 from bacon_zoo.errors import UserError
 from bacon_zoo.models.bacon_net import Head
 
-from .bank import MemoryBank
-from .base import Plugin
+from .bank import MemoryBank, WritePlan
+from .base import Plugin, scaled
 from .fixmatch import pseudo_labels
 from .registry import register
 
@@ -35,10 +34,11 @@ def bta_temperatures(
     adjustment fades to tau0 as progress -> 1. progress is clipped to [0, 1]; an all-empty bank
     (max n = 0) gives tau0 everywhere.
     """
-    n = class_counts.float()
+    # integer counts become float32 in the division (no cast of their own); float ones are cast
+    n = class_counts.float() if class_counts.is_floating_point() else class_counts
     ratio = n / n.max().clamp_min(1e-12)  # counts are >= 0: an all-empty bank gives 0 / 1e-12 = 0
     if isinstance(progress, Tensor):
-        fade = (1.0 - progress.to(n).clamp(0.0, 1.0)) ** 2
+        fade = (1.0 - progress.to(ratio).clamp(0.0, 1.0)) ** 2
     else:  # a Python number stays on the host: no tensor is made from it (a copy on a GPU)
         fade = (1.0 - min(max(float(progress), 0.0), 1.0)) ** 2
     return tau0 * (1.0 - eta * fade * ratio.sqrt())
@@ -90,7 +90,81 @@ def bacon_contrastive_terms(
     domain: every exponent is reduced by m = max(1/tau0, max_k 1/tau_k) >= any cos/tau, so nothing
     overflows whatever tau0; -log(pi / (pi + s nu + 1e-8)) is unchanged by the shift.
     """
-    dtype = torch.promote_types(feats.dtype, torch.float32)
+    dtype, num_classes = _compute_dtype(feats), centers.shape[0]
+    own = _one_hot(anchor_labels, num_classes)  # [n, K] bool
+    neg = reliable_negatives(anchor_labels, is_labeled, topk, num_classes, own).to(dtype)
+    return contrastive_terms(
+        feats, anchor_labels, own.to(dtype), neg, centers, tau, tau0, neg_scale, center_valid
+    )
+
+
+def _compute_dtype(feats: Tensor) -> torch.dtype:
+    """float32, or float64 for float64 features (torch.promote_types would be one more op)."""
+    return torch.float64 if feats.dtype == torch.float64 else torch.float32
+
+
+def _constant(t: Tensor) -> Tensor:
+    """t without gradient: t itself when it has none (a detach is one more op)."""
+    return t.detach() if t.requires_grad else t
+
+
+class _Normalize(torch.autograd.Function):
+    """F.normalize(x, dim=1) (eps 1e-12) with a shorter backward of the same float values.
+
+    Autograd runs the division, the clamp and the norm as three backward nodes, 15 ops (x / d twice,
+    a where for the clamp, a masked_fill for a zero norm, an expand). With n = |x|, d = max(n, eps)
+    and y = x / d, the gradient is g / d + y * sum(-g * (y / d)) over the rows with n > eps: torch's
+    formulas for the three, rounded in their order (where n > eps, x / n is y; the other rows get no
+    norm gradient), in 9 ops.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        n = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        d = n.clamp_min(1e-12)
+        ctx.save_for_backward(x, n, d)
+        return x / d
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        x, n, d = ctx.saved_tensors
+        y = x / d
+        g_norm = (-g * (y / d)).sum(1, keepdim=True).masked_fill(n <= 1e-12, 0.0)
+        return g / d + g_norm * y
+
+
+def _normalize(x: Tensor) -> Tensor:
+    """F.normalize(x, dim=1): the same values and gradients, in fewer ops (`_Normalize`)."""
+    return _Normalize.apply(x)
+
+
+def batch_negatives(
+    anchor_labels: Tensor, num_labeled: int, topk: Tensor, num_classes: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """(one-hot labels [n, K], `reliable_negatives` [K, n]) as 0/1 floats for a batch whose first
+    `num_labeled` anchors are the labeled ones and whose `topk` [n - num_labeled, k] holds the
+    others' top-k: scatters on the layout BaCon's batch has, in fewer ops than the general masks."""
+    a = anchor_labels.long()[:, None]
+    onehot = torch.zeros(a.shape[0], num_classes, dtype=dtype, device=a.device).scatter_(1, a, 1.0)
+    excluded = onehot.clone()  # own class, and the unlabeled anchors' top-k
+    excluded[num_labeled:].scatter_(1, topk.long(), 1.0)
+    return onehot, (1.0 - excluded).T
+
+
+def contrastive_terms(
+    feats: Tensor,
+    anchor_labels: Tensor,
+    onehot: Tensor,
+    neg: Tensor,
+    centers: Tensor,
+    tau: Tensor,
+    tau0: float = 0.1,
+    neg_scale: float = 64.0,
+    center_valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`bacon_contrastive_terms` given the anchors' one-hot labels [n, K] and the negatives [K, n]
+    as 0/1 floats of the compute dtype (`batch_negatives` or `reliable_negatives`)."""
+    dtype = onehot.dtype
     num_classes = centers.shape[0]
     with torch.autocast(device_type=feats.device.type, enabled=False):
         valid_c = (
@@ -98,19 +172,16 @@ def bacon_contrastive_terms(
             if center_valid is None
             else center_valid.to(feats.device).bool()
         )
-        z = F.normalize(feats.to(dtype), dim=1)
-        c = centers.detach().to(device=feats.device, dtype=dtype)
-        c = F.normalize(torch.where(valid_c[:, None], c, torch.zeros_like(c)), dim=1)
-        tau = tau.detach().to(device=feats.device, dtype=dtype)
+        z = _normalize(feats.to(dtype))
+        c = _constant(centers).to(device=feats.device, dtype=dtype)
+        c = _normalize(torch.where(valid_c[:, None], c, torch.zeros_like(c)))
+        tau = _constant(tau).to(device=feats.device, dtype=dtype)
         a = anchor_labels.long()
 
         shift = tau.min().reciprocal().clamp_min(1.0 / tau0)  # max(1 / min tau, 1 / tau0)
         log_pi = (z * c[a]).sum(1) / tau[a] - shift  # log pi_i - m
         sim = torch.exp(z @ z.T / tau0 - shift)  # exp(cos/tau0 - m), [n, n]
 
-        own = _one_hot(a, num_classes)  # [n, K] bool
-        onehot = own.to(dtype)
-        neg = reliable_negatives(a, is_labeled, topk, num_classes, own).to(dtype)  # [K, n]
         neg_sum = ((onehot.T @ sim) * neg).sum(1)  # [K]: sum over {i: a_i = k} x E_k
         pairs = onehot.sum(0) * neg.sum(1)  # [K]: |{i: a_i = k}| * |E_k|
         nu = neg_sum / pairs.clamp_min(1.0)
@@ -148,10 +219,11 @@ def bacon_contrastive_loss(
     return reduce_anchors(losses, usable & selected.to(usable.device).bool())
 
 
-def reduce_anchors(losses: Tensor, keep: Tensor) -> Tensor:
-    """sum_i keep_i l_i / (sum_i keep_i + 1e-8): the release's selected-anchor mean, 0 if none."""
-    w = keep.to(losses.dtype)
-    return (w * losses).sum() / (w.sum() + 1e-8)
+def reduce_anchors(losses: Tensor, keep: Tensor, count: Tensor | None = None) -> Tensor:
+    """sum_i keep_i l_i / (sum_i keep_i + 1e-8): the release's selected-anchor mean, 0 if none.
+    `count`: sum_i keep_i in the losses' dtype, when the caller has it (it logs it)."""
+    count = torch.sum(keep, dtype=losses.dtype) if count is None else count
+    return (keep * losses).sum() / (count + 1e-8)
 
 
 @dataclass
@@ -220,7 +292,8 @@ class BaCon(Plugin):
             quirks=cfg.official_quirks,
             gather=ctx.gather,
         )
-        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        # this step's feature writes: (slots, z, selected, the label write's plan), for after_step
+        self._pending: list[tuple[Tensor, Tensor, Tensor, WritePlan | None]] = []
 
     @classmethod
     def heads(cls, cfg: BaconConfig) -> tuple[Head, ...]:
@@ -249,45 +322,44 @@ class BaCon(Plugin):
         c = self.cfg
         b, u = self.sizes(batch)
         balanced = getattr(out, algo.eval_output)  # the balanced head's logits (ABC's h_a, ...)
-        q_w, conf_w, yhat_w = pseudo_labels(balanced[b : b + u])
         if out.proj.shape[1] != self.bank.dim:
             raise ValueError(
                 f"projection has {out.proj.shape[1]} dims, bank expects {self.bank.dim}"
             )
         z = out.proj[: b + u]  # labeled + weak views: the anchors (strong views unused)
-        y_lb = batch["y_lb"]
 
         with torch.no_grad():
-            logits_lb = balanced[:b].detach().float()
-            selected = torch.cat([logits_lb.softmax(1).max(1).values, conf_w]) >= c.anchor_threshold
-            test_w = (
-                balanced[b : b + u].detach().float().max(1).values if c.official_quirks else conf_w
-            )
-            ok_w = test_w >= c.bank_threshold  # quirk 1: raw logits vs probabilities
-            ok_lb = torch.ones_like(y_lb, dtype=torch.bool)
-            if c.official_quirks:  # quirk 3: labeled writes only if some unlabeled sample passed
-                ok_lb = ok_lb & ok_w.any()
-            labels = torch.cat([y_lb, yhat_w])
+            # labeled and weak rows in one softmax (row-wise: the values of two separate calls)
+            probs, conf, labels = pseudo_labels(balanced[: b + u])
+            selected = conf >= c.anchor_threshold
+            labels[:b] = batch["y_lb"]  # the anchors' labels: true, then pseudo-labels
+            if c.official_quirks:  # quirk 1: raw logits vs probabilities
+                ok_w = balanced[b : b + u].float().max(1).values >= c.bank_threshold
+                # quirk 3: labeled writes only if some unlabeled sample passed
+                ok = torch.cat([ok_w.any().expand(b), ok_w])
+            else:
+                ok = conf >= c.bank_threshold
+                ok[:b].fill_(True)  # labeled samples always write their label
             slots = self.bank.slots(batch["idx_lb"], batch["idx_ulb"])
 
         active = step > c.start * total_steps
         # centers as left by step t-1 (read before this step's label writes move them)
         centers, valid = self.bank.centers() if active else (None, None)
-        self.bank.update_labels(slots, labels, torch.cat([ok_lb, ok_w]))
-        self._pending.append((slots, z.detach(), selected))
+        plan = self.bank.update_labels(slots, labels, ok)
+        self._pending.append((slots, z.detach(), selected, plan))
 
         if active:
-            is_labeled = torch.arange(b + u, device=z.device) < b
             k = min(c.topk, self.num_classes)
-            topk_w = q_w.topk(k, dim=1).indices if c.rns else yhat_w[:, None]
-            topk = torch.cat([topk_w.new_zeros(b, topk_w.shape[1]), topk_w])
+            topk_w = probs[b:].topk(k, dim=1).indices if c.rns else labels[b:, None]
+            onehot, neg = batch_negatives(labels, b, topk_w, self.num_classes, _compute_dtype(z))
             tau = self.temperatures(step, total_steps, z.device)
-            losses, usable = bacon_contrastive_terms(
-                z, labels, is_labeled, topk, centers, tau, c.tau0, c.neg_scale, valid
+            losses, usable = contrastive_terms(
+                z, labels, onehot, neg, centers, tau, c.tau0, c.neg_scale, valid
             )
             keep = selected & usable
-            loss_con = reduce_anchors(losses, keep)
-            n_used, n_centers = keep.sum().float(), valid.sum().float()
+            n_used = torch.sum(keep, dtype=losses.dtype)
+            loss_con = reduce_anchors(losses, keep, n_used)
+            n_used, n_centers = n_used.float(), torch.sum(valid, dtype=torch.float32)
             used = n_used / (b + u)
         else:
             loss_con = used = n_used = n_centers = z.new_zeros((), dtype=torch.float32)
@@ -295,19 +367,21 @@ class BaCon(Plugin):
         n_slots = self.bank.labels.numel()
         logs = dict(
             loss_con=loss_con.detach(),
-            anchors=selected.float().mean(),
-            anchors_used=used.detach(),
-            bank_fill=self.bank.class_counts().sum().float() / max(n_slots, 1),
-            centers_valid=(self.bank.counts > 0).float().mean(),
+            anchors=torch.mean(selected, dtype=torch.float32),
+            anchors_used=used,
+            bank_fill=self.bank.class_counts().sum() / max(n_slots, 1),
+            centers_valid=torch.mean(self.bank.counts > 0, dtype=torch.float32),
             con_anchors=n_used,  # anchors in L_con this step (0: the term did not engage)
             con_centers=n_centers,  # valid class centers L_con could use this step
         )
-        return (c.weight * loss_con if active else None), logs
+        return (scaled(c.weight, loss_con) if active else None), logs
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Write the feature bank with this step's anchors (all pending micro-batches, in order)."""
-        for slots, z, selected in self._pending:
-            self.bank.update_features(slots, z, selected)
+        # a plan holds the slots as its label write left them: reused when no other write followed
+        reuse = len(self._pending) == 1
+        for slots, z, selected, plan in self._pending:
+            self.bank.update_features(slots, z, selected, plan if reuse else None)
         self._pending.clear()
         if self.resync_every and (step + 1) % self.resync_every == 0:
             self.bank.resync()

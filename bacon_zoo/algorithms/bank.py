@@ -11,6 +11,7 @@ indexing, so the host never waits on the device.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +20,37 @@ from torch import Tensor, nn
 from .base import Gather, _identity
 
 
-def _last_writer(slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Resolve duplicate slots: returns (order, winner, is_last).
+def _sort_by_slot(slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(key, order): the entries sorted by slot, unmasked before masked, then by position (a stable
+    sort of key = 2 slot + mask): each slot's last sorted entry decides it (the last masked one,
+    else the last one)."""
+    return torch.add(mask, slots, alpha=2).sort(stable=True)
 
-    `order` sorts the entries by slot (unmasked before masked, then by position); for each sorted
-    entry, `winner` is the original index of the entry that decides its slot (the last masked one,
-    else the last one) and `is_last` marks one entry per distinct slot. Every entry of a slot then
-    writes the winner's value, so duplicate indices in `index_put_` carry identical values and the
-    result is deterministic. A fixed number of ops (one stable sort, one binary search).
+
+def _last_writer(slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Resolve duplicate slots: returns (order, end, winner).
+
+    `order` sorts the entries (`_sort_by_slot`); for each sorted entry, `end` is the sorted position
+    of its slot's last entry and `winner` the original index of that entry. Every entry of a slot
+    then writes the winner's value, so duplicate indices in `index_put_` carry identical values and
+    the result is deterministic. A fixed number of ops (one stable sort, one binary search).
     """
-    key, order = torch.add(mask, slots, alpha=2).sort(stable=True)  # 2 slot + mask
-    end = torch.searchsorted(key, key | 1, right=True) - 1  # the last sorted entry of each slot
-    is_last = end == torch.arange(key.numel(), device=key.device)
-    return order, order[end], is_last
+    key, order = _sort_by_slot(slots, mask)
+    end = torch.searchsorted(key, key | 1, right=True) - 1
+    return order, end, order[end]
+
+
+class WritePlan(NamedTuple):
+    """What a label write leaves to the feature write of the same entries (`update_features(plan=)`):
+    their slots in sorted order, where each slot's entries end, and those slots' state as the label
+    write left it. Valid while nothing else writes the bank in between (BaCon: one pending write)."""
+
+    slots: Tensor  # [m] sorted
+    end: Tensor  # [m] the sorted position of the last entry of each entry's slot
+    is_last: Tensor  # [m] bool: one entry per distinct slot
+    labels: Tensor  # [m] the slots' labels
+    feats: Tensor  # [m, d] their features
+    written: Tensor  # [m] whether they hold a feature
 
 
 def intra_class_spread(feats: Tensor, labels: Tensor, written: Tensor, num_classes: int) -> Tensor:
@@ -84,6 +103,9 @@ class MemoryBank(nn.Module):
         self.register_buffer("sums", torch.zeros(num_classes, dim))
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("label_counts", torch.zeros(num_classes, dtype=torch.long))
+        # the sign of the [leaving, entering] rows of a write's updates (constants, not saved)
+        self.register_buffer("_sign", torch.tensor([[-1.0], [1.0]]), persistent=False)
+        self.register_buffer("_count_sign", torch.tensor([[-1], [1]]), persistent=False)
 
     def slots(self, idx_lb: Tensor, idx_ulb: Tensor) -> Tensor:
         """Bank slots of a batch: labeled idx_lb, unlabeled num_labeled + idx_ulb."""
@@ -99,7 +121,8 @@ class MemoryBank(nn.Module):
         """Every rank's entries, in rank order, on the bank's device (one gather for the metadata)."""
         dev = self.labels.device
         if feats is not None:
-            feats = self.gather(feats.detach().to(device=dev, dtype=self.feats.dtype))
+            feats = feats.detach() if feats.requires_grad else feats  # (a detach is an op)
+            feats = self.gather(feats.to(device=dev, dtype=self.feats.dtype))
         if self.gather is _identity:  # one process: no stacking, no copies
             labels = labels.to(dev).long() if labels is not None else None
             return slots.to(dev).long(), mask.to(dev).bool(), labels, feats
@@ -111,15 +134,25 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def _write(
-        self, slots: Tensor, mask: Tensor, labels: Tensor | None, feats: Tensor | None
-    ) -> None:
+        self,
+        slots: Tensor,
+        mask: Tensor,
+        labels: Tensor | None,
+        feats: Tensor | None,
+        plan: WritePlan | None = None,
+    ) -> WritePlan | None:
         slots, mask, new_labels, feats = self._gathered(slots, mask, labels, feats)
         m = slots.numel()
         if m == 0:
-            return
-        order, winner, is_last = _last_writer(slots, mask)
-        s, hit = slots[order], mask[winner]
-        old_label, old_feat, old_written = self.labels[s], self.feats[s], self.written[s]
+            return None
+        if plan is None:
+            order, end, winner = _last_writer(slots, mask)
+            s, is_last = slots[order], winner == order  # a winner is its slot's last entry
+            old_label, old_feat, old_written = self.labels[s], self.feats[s], self.written[s]
+        else:  # the same entries sorted by slot (as the label write had them), another mask
+            s, end, is_last, old_label, old_feat, old_written = plan
+            winner = _sort_by_slot(slots, mask)[1][end]
+        hit = mask[winner]
         label = torch.where(hit, new_labels[winner], old_label) if labels is not None else old_label
         if feats is not None:
             feat = torch.where(hit[:, None], feats[winner], old_feat)
@@ -130,34 +163,41 @@ class MemoryBank(nn.Module):
         # [2, m] entries: row 0 the old contributions (leaving), row 1 the new ones (entering) --
         # the same additions in the same order as two calls, so the same float sums
         once = is_last & hit
-        both = torch.stack([old_label, label]) if labels is not None else old_label.expand(2, m)
-        labelled = (both >= 0) & once
+        if labels is not None:
+            both = torch.stack([old_label, label])
+            labelled = (both >= 0) & once
+            idx = both.clamp_min(0).view(-1)
+        else:  # the same label in both rows
+            labelled = (old_label >= 0) & once
+            idx = old_label.clamp_min(0).repeat(2)
+        member = labelled  # [2, m] or [m], broadcast against the [2, 1] signs
         if not self.quirks:  # (quirk 2 counts label-set but never-written slots as members)
             has_feat = torch.stack([old_written, written]) if feats is not None else old_written
-            w = (labelled & has_feat).float()
-        else:
-            w = labelled.float()
-        w[0].neg_()
+            member = member & has_feat
+        w = member * self._sign.to(self.sums.dtype)  # [2, m]: -1 leaving, +1 entering, else 0
         moved = (torch.stack([old_feat, feat]) if feats is not None else old_feat) * w[..., None]
-        idx = both.clamp_min(0).reshape(-1)
-        self.sums.index_add_(0, idx, moved.reshape(-1, moved.shape[-1]))
-        self.counts.index_add_(0, idx, w.long().reshape(-1))
+        self.sums.index_add_(0, idx, moved.view(-1, moved.shape[-1]))
+        self.counts.index_add_(0, idx, w.long().view(-1))
         if labels is not None:
-            delta = labelled.long()
-            delta[0].neg_()
-            self.label_counts.index_add_(0, idx, delta.reshape(-1))
+            self.label_counts.index_add_(0, idx, (labelled * self._count_sign).view(-1))
             self.labels[s] = label
         if feats is not None:
             self.feats[s] = feat
             self.written[s] = written
+        return WritePlan(s, end, is_last, label, feat, written)
 
-    def update_labels(self, slots: Tensor, labels: Tensor, mask: Tensor) -> None:
-        """Yb[slot] = label where mask (gathered across ranks; last write wins)."""
-        self._write(slots, mask, labels, None)
+    def update_labels(self, slots: Tensor, labels: Tensor, mask: Tensor) -> WritePlan | None:
+        """Yb[slot] = label where mask (gathered across ranks; last write wins). Returns the plan a
+        feature write of the same slots can reuse (None for an empty write)."""
+        return self._write(slots, mask, labels, None)
 
-    def update_features(self, slots: Tensor, feats: Tensor, mask: Tensor) -> None:
-        """Fb[slot] = stopgrad(feat) where mask (gathered across ranks; last write wins)."""
-        self._write(slots, mask, None, feats)
+    def update_features(
+        self, slots: Tensor, feats: Tensor, mask: Tensor, plan: WritePlan | None = None
+    ) -> None:
+        """Fb[slot] = stopgrad(feat) where mask (gathered across ranks; last write wins). `plan`:
+        what `update_labels` returned for the same slots, if nothing wrote the bank since (it
+        saves the sort, the binary search and the reads of those slots)."""
+        self._write(slots, mask, None, feats, plan)
 
     def centers(self) -> tuple[Tensor, Tensor]:
         """(centers [K, d], valid [K]); a class without members has a zero, invalid center."""

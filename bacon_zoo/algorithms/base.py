@@ -38,22 +38,34 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 def split_batch(t: Tensor, num_lb: int, num_ulb: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Split a forward over cat([x_lb, u_w, u_s]) into its three parts."""
+    """Split a forward over cat([x_lb, u_w, u_s]) into its three parts (one split: one op, and one
+    concatenation in backward, where three slices cost three ops and their gradients' sum)."""
     if t.shape[0] != num_lb + 2 * num_ulb:
         raise ValueError(
             f"expected {num_lb} + 2 x {num_ulb} rows (labeled, weak, strong), got {t.shape[0]}"
         )
-    return t[:num_lb], t[num_lb : num_lb + num_ulb], t[num_lb + num_ulb :]
+    return t.split([num_lb, num_ulb, num_ulb])
 
 
 def split_views(t: Tensor, num_lb: int, num_ulb: int, num_views: int) -> tuple[Tensor, ...]:
-    """Split a forward over cat([x_lb, view_1, ..., view_n]) into its 1 + n parts."""
+    """Split a forward over cat([x_lb, view_1, ..., view_n]) into its 1 + n parts (one split)."""
     if t.shape[0] != num_lb + num_views * num_ulb:
         raise ValueError(
             f"expected {num_lb} + {num_views} x {num_ulb} rows (labeled, then each unlabeled view), "
             f"got {t.shape[0]}"
         )
-    return (t[:num_lb], *t[num_lb:].split(num_ulb))
+    return t.split([num_lb] + [num_ulb] * num_views)
+
+
+def leading_rows(t: Tensor, n: int) -> Tensor:
+    """t[:n], or t itself when it has n rows: a slice is an op, and another one in backward."""
+    return t if t.shape[0] == n else t[:n]
+
+
+def scaled(weight: float, loss: Tensor) -> Tensor:
+    """weight * loss; loss itself at weight 1 (the same value, without a multiplication and its
+    backward)."""
+    return loss if weight == 1.0 else weight * loss
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from bacon_zoo.config import FRACTION, at_least
 
-from .base import Plugin, split_batch
+from .base import Plugin, scaled, split_batch
 from .registry import register
 
 
@@ -24,8 +24,9 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tenso
 
 @torch.no_grad()
 def pseudo_labels(logits_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(probs, confidence, hard label) from weak-view logits, without gradient."""
-    probs = logits_w.detach().float().softmax(dim=-1)
+    """(probs, confidence, hard label) from weak-view logits, without gradient (no_grad: nothing to
+    detach)."""
+    probs = logits_w.float().softmax(dim=-1)
     conf, label = probs.max(dim=-1)
     return probs, conf, label
 
@@ -67,11 +68,12 @@ class FixMatch(Plugin):
         y_ulb = batch.get("y_ulb")
         if y_ulb is not None:  # diagnostics only: accuracy of the kept pseudo-labels
             logs["pl_acc"] = pseudo_label_accuracy(logits_w, y_ulb, mask)
-        return loss_x + self.cfg.lambda_u * loss_u, logs
+        return loss_x + scaled(self.cfg.lambda_u, loss_u), logs
 
 
 def pseudo_label_accuracy(logits_w: Tensor, y_ulb: Tensor, mask: Tensor) -> Tensor:
-    """Accuracy of the kept pseudo-labels among the samples whose true label is known (a log)."""
-    known = (y_ulb >= 0).float() * mask
-    hit = (logits_w.detach().argmax(-1) == y_ulb).float() * known
+    """Accuracy of the kept pseudo-labels among the samples whose true label is known (a log).
+    bool * float mask: the 0/1 products a cast would give, one op fewer (argmax has no gradient)."""
+    known = (y_ulb >= 0) * mask
+    hit = (logits_w.argmax(-1) == y_ulb) * known
     return hit.sum() / known.sum().clamp_min(1.0)

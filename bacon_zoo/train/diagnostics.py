@@ -64,6 +64,26 @@ def pseudo_label_quality(confusion: Tensor, support: Tensor | None = None) -> tu
     return precision, recall
 
 
+def split_joint(joint: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """joint[(K+1)^2] -> (confusion [K*K + 1], seen [K + 1], confident [K + 1]), each with its trash
+    bin last: the pairs that are not (known, confident), the unknown truths, the unsure pseudo-labels."""
+    j = joint.view(k + 1, k + 1)
+    block = j[:k, :k].reshape(-1)
+    confusion = torch.cat([block, (joint.sum() - block.sum())[None]])
+    return confusion, j.sum(1), j.sum(0)
+
+
+def join_counts(confusion: Tensor, seen: Tensor, confident: Tensor) -> Tensor:
+    """The inverse of `split_joint`: joint[(K+1)^2] from the three counters."""
+    k = seen.shape[0] - 1
+    j = torch.zeros(k + 1, k + 1, dtype=torch.long, device=confusion.device)
+    j[:k, :k] = confusion[: k * k].view(k, k)
+    j[:k, k] = seen[:k] - j[:k, :k].sum(1)  # known truth, unsure pseudo-label
+    j[k, :k] = confident[:k] - j[:k, :k].sum(0)  # unknown truth, confident pseudo-label
+    j[k, k] = seen[k] - j[k, :k].sum()
+    return j.view(-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # the stateful wrapper the trainer drives
 
@@ -119,33 +139,36 @@ class TrainingDiagnostics:
             num_unlabeled if num_unlabeled is not None else sum(self.unlabeled_counts)
         )
         self.rank = rank
-        # every counter has one extra "trash" bin that masked-out entries go to, so updates are
-        # unconditional index_add_ calls (torch.bincount would read max() back to the host on CUDA)
-        self.confusion = torch.zeros(k * k + 1, dtype=torch.long)  # [true * K + pseudo]
-        self.seen = torch.zeros(k + 1, dtype=torch.long)  # unlabeled samples per true class
-        self.confident = torch.zeros(k + 1, dtype=torch.long)  # confident pseudo-labels per class
+        # one counter for the window, joint[true, pseudo] over (K + 1) x (K + 1) bins, the last row
+        # for an unknown truth and the last column for a pseudo-label below the threshold: the
+        # confusion matrix, the samples seen per true class and the confident pseudo-labels per
+        # class are its block, row sums and column sums, so a step is one unconditional index_add_
+        # (torch.bincount would read max() back to the host on CUDA)
+        self.joint = torch.zeros((k + 1) * (k + 1), dtype=torch.long)
+        # the true label of each unlabeled sample seen, and a trash slot
         self.true_ulb = torch.full((self.num_unlabeled + 1,), -1, dtype=torch.long)
         self.prev_centers: Tensor | None = None
         self.prev_valid: Tensor | None = None
         self.steps = 0
         # BaCon's contrastive term: [steps it engaged, anchors summed, valid centers summed] over them
         self.con = torch.zeros(3, dtype=torch.float64)
+        self._consts: tuple[Tensor, Tensor] | None = None  # (ones [U], K), on the outputs' device
 
     # -- device handling: follow the model's outputs lazily (a no-op once there)
     def to(self, device: torch.device | str) -> TrainingDiagnostics:
-        for name in (
-            "confusion",
-            "seen",
-            "confident",
-            "true_ulb",
-            "prev_centers",
-            "prev_valid",
-            "con",
-        ):
+        for name in ("joint", "true_ulb", "prev_centers", "prev_valid", "con"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
+        self._consts = None
         return self
+
+    def _constants(self, u: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(ones [u], K) on `device`: made once, not every step."""
+        if self._consts is None or self._consts[0].shape[0] != u:
+            k = torch.tensor(self.num_classes, device=device)
+            self._consts = (torch.ones(u, dtype=torch.long, device=device), k)
+        return self._consts
 
     @torch.no_grad()
     def update(
@@ -155,27 +178,21 @@ class TrainingDiagnostics:
         algorithm's logs, whether BaCon's contrastive term engaged (no host sync)."""
         b, u = int(batch["y_lb"].shape[0]), int(batch["idx_ulb"].shape[0])
         logits = getattr(out, output_field(self.eval_head))
-        if self.confusion.device != logits.device:
+        if self.joint.device != logits.device:
             self.to(logits.device)
-        k, dev = self.num_classes, logits.device
-        conf, pseudo = logits[b : b + u].detach().float().softmax(1).max(1)
-        confident = conf >= self.threshold
+        k, n, dev = self.num_classes, self.num_unlabeled, logits.device
+        ones, unsure = self._constants(u, dev)
+        conf, pseudo = logits[b : b + u].float().softmax(1).max(1)
+        pseudo = torch.where(conf >= self.threshold, pseudo, unsure)  # K: not confident (or NaN)
         y = batch["y_ulb"].to(dev).long()
-        known = (y >= 0) & (y < k)
-        ones = torch.ones_like(y)
-        trash_cm = torch.full_like(y, k * k)
-        self.confusion.index_add_(0, torch.where(known & confident, y * k + pseudo, trash_cm), ones)
-        self.seen.index_add_(0, torch.where(known, y, torch.full_like(y, k)), ones)
-        self.confident.index_add_(0, torch.where(confident, pseudo, torch.full_like(y, k)), ones)
-        idx = batch["idx_ulb"].to(dev).long()
-        n = self.num_unlabeled
-        self.true_ulb[torch.where((idx >= 0) & (idx < n), idx, torch.full_like(idx, n))] = y
-        self.true_ulb[n:].fill_(-1)  # the trash slot never holds a label (a fill: no host copy)
+        true = y.clamp(-1, k).remainder(k + 1)  # -1 (unknown) and anything outside [0, K) -> K
+        self.joint.index_add_(0, torch.add(pseudo, true, alpha=k + 1), ones)
+        # the true label of each unlabeled sample seen; an index outside [0, N_U) goes to the trash
+        # slot (never read)
+        self.true_ulb[batch["idx_ulb"].to(dev).long().clamp(-1, n).remainder(n + 1)] = y
         if logs is not None and "con_anchors" in logs:
-            anchors = logs["con_anchors"].detach().to(self.con)
-            engaged = (anchors > 0).to(self.con)
-            centers = logs["con_centers"].detach().to(self.con)
-            self.con += torch.stack([engaged, anchors * engaged, centers * engaged])
+            anchors, engaged = logs["con_anchors"], logs["con_anchors"] > 0
+            self.con += torch.stack([engaged, anchors, logs["con_centers"]]) * engaged
         self.steps += 1
 
     @torch.no_grad()
@@ -187,9 +204,10 @@ class TrainingDiagnostics:
         def total(t: Tensor) -> Tensor:  # sum over ranks
             return gather(t[None]).sum(0)
 
-        confusion = total(self.confusion)[: k * k].view(k, k)
-        seen_all = total(self.seen)  # the last bin: samples whose true label is unknown
-        seen, confident = seen_all[:k], total(self.confident)[:k]
+        joint = total(self.joint).view(k + 1, k + 1)
+        confusion = joint[:k, :k]
+        seen_all = joint.sum(1)  # the last bin: samples whose true label is unknown
+        seen, confident = seen_all[:k], joint[:, :k].sum(0)
         precision, recall = pseudo_label_quality(confusion, support=seen)
         n_seen, n_conf_known = int(seen_all.sum()), int(confusion.sum())
         out: dict[str, Any] = {
@@ -221,9 +239,7 @@ class TrainingDiagnostics:
                 "con_centers": _json_float(float(con[2]) / steps if steps else math.nan),
             }
         self.con.zero_()
-        self.confusion.zero_()
-        self.seen.zero_()
-        self.confident.zero_()
+        self.joint.zero_()
         self.steps = 0
         return out
 
@@ -262,10 +278,13 @@ class TrainingDiagnostics:
 
     # -- checkpointing (accelerator.register_for_checkpointing accepts any object with these two)
     def state_dict(self) -> dict[str, Any]:
+        """The window as three counters with a trash bin each (the checkpoint format): confusion
+        [K*K + 1], seen [K + 1] and confident [K + 1]."""
+        confusion, seen, confident = split_joint(self.joint, self.num_classes)
         return {
-            "confusion": self.confusion.clone(),
-            "seen": self.seen.clone(),
-            "confident": self.confident.clone(),
+            "confusion": confusion,
+            "seen": seen,
+            "confident": confident,
             "true_ulb": self.true_ulb.clone(),
             "prev_centers": None if self.prev_centers is None else self.prev_centers.clone(),
             "prev_valid": None if self.prev_valid is None else self.prev_valid.clone(),
@@ -275,22 +294,22 @@ class TrainingDiagnostics:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore; ranks other than 0 restart their window (only rank 0's state is checkpointed)."""
-        dev = self.confusion.device
-        for name in ("confusion", "seen", "confident", "true_ulb"):
-            src = state[name].to(dev)
-            if src.shape != getattr(self, name).shape:
+        dev, k = self.joint.device, self.num_classes
+        shapes = {"confusion": k * k + 1, "seen": k + 1, "confident": k + 1}
+        shapes["true_ulb"] = self.true_ulb.shape[0]
+        for name, size in shapes.items():
+            if tuple(state[name].shape) != (size,):
                 raise ValueError(
-                    f"diagnostics state '{name}' has shape {tuple(src.shape)}, "
-                    f"expected {tuple(getattr(self, name).shape)}"
+                    f"diagnostics state '{name}' has shape {tuple(state[name].shape)}, "
+                    f"expected {(size,)}"
                 )
-            setattr(self, name, src.clone())
+        self.joint = join_counts(state["confusion"], state["seen"], state["confident"]).to(dev)
+        self.true_ulb = state["true_ulb"].to(dev).clone()
         self.prev_centers = state["prev_centers"]
         self.prev_valid = state["prev_valid"]
         self.steps = int(state["steps"])
         self.con = state.get("con", torch.zeros(3, dtype=torch.float64)).to(dev).clone()
         if self.rank != 0:
             self.con.zero_()
-            self.confusion.zero_()
-            self.seen.zero_()
-            self.confident.zero_()
+            self.joint.zero_()
             self.steps = 0

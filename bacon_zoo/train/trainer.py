@@ -202,7 +202,17 @@ def train_step(
     parts.optimizer.zero_grad(set_to_none=True)
     parts.algo.after_step(step, parts.total_steps)
     parts.ema.update(acc.unwrap_model(parts.model), step=step if parts.ema_warmup else None)
-    return {"loss": loss.detach(), **logs}, out, batch
+    return {"loss": logs["loss"], **logs}, out, batch  # `Algorithm.loss` logs the detached total
+
+
+@torch.no_grad()
+def accumulate_logs(sums: dict[str, Tensor], logs: dict[str, Tensor]) -> None:
+    """sums[k] += float(logs[k]) on the device, in place: one foreach add for all the logs (one
+    kernel, not one per log). Keys new to `sums` start at 0, all from one zeros tensor."""
+    new = [k for k in logs if k not in sums]
+    if new:
+        sums.update(zip(new, torch.zeros(len(new), device=logs[new[0]].device).unbind()))
+    torch._foreach_add_([sums[k] for k in logs], [v.float() for v in logs.values()])
 
 
 class RunState(TrainState):
@@ -685,8 +695,7 @@ def _train(
             progress.step()
 
             # ---- logging (tensors are summed on device; one sync per log window)
-            for k, v in logs.items():
-                log_sums[k] = log_sums.get(k, 0) + v.detach().float()
+            accumulate_logs(log_sums, logs)
             log_count += 1
             if progress_state.step % cfg.log_every == 0 or progress_state.step == cfg.steps:
                 now = time.perf_counter()
