@@ -55,6 +55,23 @@ def _reflect(u: Tensor, n: int) -> Tensor:
     return torch.where(u > n - 1, 2 * (n - 1) - u, u)
 
 
+@functools.lru_cache(maxsize=32)
+def _crop_sources(h: int, w: int, pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every crop's source rows and columns, made once per (size, pad, device): rows [2 pad + 1, 1, H,
+    1] per top offset; columns [2 (2 pad + 1), 1, 1, W] per left offset, unflipped then flipped."""
+    offsets = torch.arange(2 * pad + 1, device=device)[:, None] - pad
+    rows = _reflect(offsets + torch.arange(h, device=device), h)
+    cols = torch.arange(w, device=device)
+    cols = _reflect(offsets + torch.stack([cols, cols.flip(0)])[:, None], w)  # hflip of the crop
+    return rows.view(-1, 1, h, 1), cols.view(-1, 1, 1, w)
+
+
+@functools.lru_cache(maxsize=8)
+def _channels(c: int, device: torch.device) -> Tensor:
+    """0..C-1 as [C, 1, 1], made once per device."""
+    return torch.arange(c, device=device).view(c, 1, 1)
+
+
 def draw_crop_flip(
     n: int, size: tuple[int, int], gen: torch.Generator, pad: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,21 +92,13 @@ def crop_flip(
     images: Tensor, idx: Tensor, top: Tensor, left: Tensor, flip: Tensor, pad: int
 ) -> Tensor:
     """images[idx] reflect-padded by `pad`, cropped at (top, left) to the original size, then flipped
-    where `flip`: uint8 [B, C, H, W] from uint8 [N, C, H, W], one advanced-indexing gather.
+    where `flip`: uint8 [..., B, C, H, W] from uint8 [N, C, H, W], idx [B] and crop draws [..., B] (a
+    view's, or several views' stacked), one advanced-indexing gather.
     """
     _, c, h, w = images.shape
     if pad >= min(h, w):
         raise ValueError(f"reflect padding {pad} needs images larger than {pad} px, got {h}x{w}")
-    dev = images.device
-    ar_h = torch.arange(h, device=dev)
-    ar_w = torch.arange(w, device=dev)
-    rows = _reflect(top[:, None] + ar_h - pad, h)  # [B, H]
-    cols_in = torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # hflip of the crop
-    cols = _reflect(left[:, None] + cols_in - pad, w)  # [B, W]
-    b = idx.shape[0]
-    return images[
-        idx.view(b, 1, 1, 1),
-        torch.arange(c, device=dev).view(1, c, 1, 1),
-        rows.view(b, 1, h, 1),
-        cols.view(b, 1, 1, w),
-    ]
+    rows, cols = _crop_sources(h, w, pad, images.device)
+    channels = _channels(c, images.device)
+    cols = cols[torch.add(left, flip, alpha=2 * pad + 1)]  # [..., B, 1, 1, W]
+    return images[idx.view(-1, 1, 1, 1), channels, rows[top], cols]
