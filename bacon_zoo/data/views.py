@@ -75,7 +75,8 @@ def _channels(c: int, device: torch.device) -> Tensor:
 def draw_crop_flip(
     n: int, size: tuple[int, int], gen: torch.Generator, pad: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample (top, left) offsets into the padded image, in [0, 2 pad], and flip flags (bool).
+    """Per-sample (top, left) offsets into the padded image, in [0, 2 pad], and flip flags (int64
+    0 / 1, as drawn).
 
     Drawn from `gen` on its device, in the order top, left, flip. Streams draw them for the global
     batch and keep their rank's slice, so a sample's draw does not depend on how the batch is split.
@@ -84,7 +85,7 @@ def draw_crop_flip(
     dev = gen.device
     top = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
     left = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
-    flip = torch.randint(0, 2, (n,), generator=gen, device=dev).bool()
+    flip = torch.randint(0, 2, (n,), generator=gen, device=dev)
     return top, left, flip
 
 
