@@ -204,8 +204,8 @@ class TrainStream:
         `--compile` compiles, `bacon_zoo.train.compile`)."""
         if len(crops) == 1:
             views = [crop_flip(self.images, idx, *crops[0], self.pad)]
-        else:  # the views' draws stacked: [views, B]
-            draws = (torch.stack(d) for d in zip(*crops))
+        else:  # the views' draws stacked: [B, views]
+            draws = (torch.stack(d, 1) for d in zip(*crops))
             views = list(crop_flip(self.images, idx, *draws, self.pad).unbind())
         for k, aug in enumerate(augs):
             if aug is not None:

@@ -57,19 +57,14 @@ def _reflect(u: Tensor, n: int) -> Tensor:
 
 @functools.lru_cache(maxsize=32)
 def _crop_sources(h: int, w: int, pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Every crop's source rows and columns, made once per (size, pad, device): rows [2 pad + 1, 1, H,
-    1] per top offset; columns [2 (2 pad + 1), 1, 1, W] per left offset, unflipped then flipped."""
+    """Every crop's source pixels, made once per (size, pad, device), as the two parts of a flat
+    index into an image: row * W [2 pad + 1, H, 1] per top offset, and column [2 (2 pad + 1), 1, W]
+    per left offset, unflipped then flipped."""
     offsets = torch.arange(2 * pad + 1, device=device)[:, None] - pad
-    rows = _reflect(offsets + torch.arange(h, device=device), h)
+    rows = _reflect(offsets + torch.arange(h, device=device), h) * w
     cols = torch.arange(w, device=device)
     cols = _reflect(offsets + torch.stack([cols, cols.flip(0)])[:, None], w)  # hflip of the crop
-    return rows.view(-1, 1, h, 1), cols.view(-1, 1, 1, w)
-
-
-@functools.lru_cache(maxsize=8)
-def _channels(c: int, device: torch.device) -> Tensor:
-    """0..C-1 as [C, 1, 1], made once per device."""
-    return torch.arange(c, device=device).view(c, 1, 1)
+    return rows.view(-1, h, 1), cols.view(-1, 1, w)
 
 
 def draw_crop_flip(
@@ -93,13 +88,17 @@ def crop_flip(
     images: Tensor, idx: Tensor, top: Tensor, left: Tensor, flip: Tensor, pad: int
 ) -> Tensor:
     """images[idx] reflect-padded by `pad`, cropped at (top, left) to the original size, then flipped
-    where `flip`: uint8 [..., B, C, H, W] from uint8 [N, C, H, W], idx [B] and crop draws [..., B] (a
-    view's, or several views' stacked), one advanced-indexing gather.
+    where `flip`: uint8 [B, C, H, W] from uint8 [N, C, H, W], idx [B] and crop draws [B]; or, from
+    several views' draws stacked [B, V], [V, B, C, H, W]. One gather of flat pixel indices from
+    images[idx] (advanced indexing over all four dimensions is several times slower on the CPU).
     """
-    _, c, h, w = images.shape
+    b, c, h, w = idx.shape[0], *images.shape[1:]
     if pad >= min(h, w):
         raise ValueError(f"reflect padding {pad} needs images larger than {pad} px, got {h}x{w}")
     rows, cols = _crop_sources(h, w, pad, images.device)
-    channels = _channels(c, images.device)
-    cols = cols[torch.add(left, flip, alpha=2 * pad + 1)]  # [..., B, 1, 1, W]
-    return images[idx.view(-1, 1, 1, 1), channels, rows[top], cols]
+    source = rows[top] + cols[torch.add(left, flip, alpha=2 * pad + 1)]  # [B, (V,) H, W]
+    pixels = images[idx].view(b, c, h * w).gather(2, source.view(b, 1, -1).expand(b, c, -1))
+    if top.dim() == 1:
+        return pixels.view(b, c, h, w)
+    # each view contiguous: one layout for every view (what a compiled consumer is traced for)
+    return pixels.view(b, c, -1, h, w).movedim(2, 0).contiguous()
