@@ -132,10 +132,11 @@ def reference_pipeline(arrays: list[np.ndarray], params: A.RandAugmentParams) ->
     return np.stack(out)
 
 
-def test_rand_augment_matches_pil_pipeline() -> None:
+@pytest.mark.parametrize("hw", [(SIZE, SIZE), (31, 37)])
+def test_rand_augment_matches_pil_pipeline(hw: tuple[int, int]) -> None:
     rng = np.random.default_rng(2)
-    arrays = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(96)]
-    arrays += IMAGES
+    arrays = [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for _ in range(96)]
+    arrays += IMAGES if hw == (SIZE, SIZE) else []
     gen = torch.Generator().manual_seed(3)
     params = A.draw_params(len(arrays), gen)
     out = to_numpy(A.apply_params(to_tensor(arrays), params))
@@ -169,7 +170,7 @@ class _OpCounter(TorchDispatchMode):
 
 def test_launches_do_not_depend_on_the_ops_drawn() -> None:
     """Fixed shapes: the same aten ops, in the same order, whichever ops were drawn (and the work
-    for 3 slots stays well under the ~870 launches of the op-by-op version)."""
+    for 3 slots stays well under the ~870 launches of the op-by-op version: 262 today)."""
     x = to_tensor(IMAGES[:12])
     gen = torch.Generator().manual_seed(0)
     drawn = [A.draw_params(len(x), gen) for _ in range(3)]
@@ -184,7 +185,7 @@ def test_launches_do_not_depend_on_the_ops_drawn() -> None:
             A.apply_params(x, params)
         counts.append(counter.ops)
     assert all(c == counts[0] for c in counts), [len(c) for c in counts]
-    assert len(counts[0]) < 450, len(counts[0])
+    assert len(counts[0]) < 300, len(counts[0])
 
 
 def test_op_choice_and_magnitudes_are_uniform() -> None:

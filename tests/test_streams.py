@@ -66,6 +66,11 @@ def test_crop_flip_equals_torchvision_reference(hw):
         if flip[k]:
             ref = TF.hflip(ref)
         assert torch.equal(out[k], ref), k
+    # several views' draws stacked [B, V]: each view as if cropped on its own, contiguous
+    second = draw_crop_flip(len(idx), (h, w), g, pad)
+    both = crop_flip(images, idx, *(torch.stack(d, 1) for d in zip((top, left, flip), second)), pad)
+    assert both.shape == (2, 12, 3, h, w) and all(v.is_contiguous() for v in both.unbind())
+    assert torch.equal(both[0], out) and torch.equal(both[1], crop_flip(images, idx, *second, pad))
 
 
 def test_normalize_matches_formula():

@@ -162,15 +162,18 @@ class TrainStream:
         self.gen = torch.Generator(device=self.data_device)
         self.step = int(start_step)
 
-    def _seeded(self, step: int, tag: int) -> tuple[torch.Generator, int, slice]:
-        """The generator re-seeded for (step, tag), the global batch size and this rank's slice."""
+    def _seeded(self, step: int, tag: int) -> tuple[torch.Generator, int]:
+        """The generator re-seeded for (step, tag) and the global batch size."""
         s = self.sampler
         self.gen.manual_seed(_seed(s.seed, s.stream, step, tag))
-        return (
-            self.gen,
-            s.batch_size * s.world_size,
-            slice(s.rank * s.batch_size, (s.rank + 1) * s.batch_size),
-        )
+        return self.gen, s.batch_size * s.world_size
+
+    def _mine(self, draws: Tensor) -> Tensor:
+        """This rank's slice of draws made for the global batch (all of them on a single process)."""
+        s = self.sampler
+        if s.world_size == 1:
+            return draws
+        return draws[s.rank * s.batch_size : (s.rank + 1) * s.batch_size]
 
     def draws(self, step: int) -> tuple[Tensor, list[tuple[Tensor, ...]], list[Tensor | None]]:
         """Everything batch `step` draws, on `data_device`: this rank's image indices, every view's
@@ -180,17 +183,17 @@ class TrainStream:
         crops, augs = [], []
         for view in self.views.values():
             i = strong_index(view)
-            gen, n, mine = self._seeded(step, _WEAK if i is None else _STRONG_CROP + 2 * i)
-            top, left, flip = draw_crop_flip(n, self.images.shape[2:], gen, self.pad)
-            crops.append((top[mine], left[mine], flip[mine]))
+            gen, n = self._seeded(step, _WEAK if i is None else _STRONG_CROP + 2 * i)
+            draws = draw_crop_flip(n, self.images.shape[2:], gen, self.pad)
+            crops.append(tuple(map(self._mine, draws)))
         for view in self.views.values():
             i = strong_index(view)
             if i is None:
                 augs.append(None)
                 continue
-            gen, n, mine = self._seeded(step, _STRONG_AUG + 2 * i)
+            gen, n = self._seeded(step, _STRONG_AUG + 2 * i)
             p = draw_params(n, gen, RANDAUGMENT_OPS_PER_IMAGE)
-            augs.append((p.op_idx[mine], p.magnitude[mine], p.cutout[mine]))
+            augs.append(tuple(map(self._mine, (p.op_idx, p.magnitude, p.cutout))))
         return idx, crops, augs
 
     def augment(
@@ -201,10 +204,9 @@ class TrainStream:
         `--compile` compiles, `bacon_zoo.train.compile`)."""
         if len(crops) == 1:
             views = [crop_flip(self.images, idx, *crops[0], self.pad)]
-        else:
-            top, left, flip = (torch.cat(d) for d in zip(*crops))
-            both = crop_flip(self.images, idx.repeat(len(crops)), top, left, flip, self.pad)
-            views = list(both.chunk(len(crops)))
+        else:  # the views' draws stacked: [B, views]
+            draws = (torch.stack(d, 1) for d in zip(*crops))
+            views = list(crop_flip(self.images, idx, *draws, self.pad).unbind())
         for k, aug in enumerate(augs):
             if aug is not None:
                 params = RandAugmentParams(RELEASE_OPS, *aug)

@@ -55,10 +55,23 @@ def _reflect(u: Tensor, n: int) -> Tensor:
     return torch.where(u > n - 1, 2 * (n - 1) - u, u)
 
 
+@functools.lru_cache(maxsize=32)
+def _crop_sources(h: int, w: int, pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every crop's source pixels, made once per (size, pad, device), as the two parts of a flat
+    index into an image: row * W [2 pad + 1, H, 1] per top offset, and column [2 (2 pad + 1), 1, W]
+    per left offset, unflipped then flipped."""
+    offsets = torch.arange(2 * pad + 1, device=device)[:, None] - pad
+    rows = _reflect(offsets + torch.arange(h, device=device), h) * w
+    cols = torch.arange(w, device=device)
+    cols = _reflect(offsets + torch.stack([cols, cols.flip(0)])[:, None], w)  # hflip of the crop
+    return rows.view(-1, h, 1), cols.view(-1, 1, w)
+
+
 def draw_crop_flip(
     n: int, size: tuple[int, int], gen: torch.Generator, pad: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample (top, left) offsets into the padded image, in [0, 2 pad], and flip flags (bool).
+    """Per-sample (top, left) offsets into the padded image, in [0, 2 pad], and flip flags (int64
+    0 / 1, as drawn).
 
     Drawn from `gen` on its device, in the order top, left, flip. Streams draw them for the global
     batch and keep their rank's slice, so a sample's draw does not depend on how the batch is split.
@@ -67,7 +80,7 @@ def draw_crop_flip(
     dev = gen.device
     top = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
     left = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
-    flip = torch.randint(0, 2, (n,), generator=gen, device=dev).bool()
+    flip = torch.randint(0, 2, (n,), generator=gen, device=dev)
     return top, left, flip
 
 
@@ -75,21 +88,17 @@ def crop_flip(
     images: Tensor, idx: Tensor, top: Tensor, left: Tensor, flip: Tensor, pad: int
 ) -> Tensor:
     """images[idx] reflect-padded by `pad`, cropped at (top, left) to the original size, then flipped
-    where `flip`: uint8 [B, C, H, W] from uint8 [N, C, H, W], one advanced-indexing gather.
+    where `flip`: uint8 [B, C, H, W] from uint8 [N, C, H, W], idx [B] and crop draws [B]; or, from
+    several views' draws stacked [B, V], [V, B, C, H, W]. One gather of flat pixel indices from
+    images[idx] (advanced indexing over all four dimensions is several times slower on the CPU).
     """
-    _, c, h, w = images.shape
+    b, c, h, w = idx.shape[0], *images.shape[1:]
     if pad >= min(h, w):
         raise ValueError(f"reflect padding {pad} needs images larger than {pad} px, got {h}x{w}")
-    dev = images.device
-    ar_h = torch.arange(h, device=dev)
-    ar_w = torch.arange(w, device=dev)
-    rows = _reflect(top[:, None] + ar_h - pad, h)  # [B, H]
-    cols_in = torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # hflip of the crop
-    cols = _reflect(left[:, None] + cols_in - pad, w)  # [B, W]
-    b = idx.shape[0]
-    return images[
-        idx.view(b, 1, 1, 1),
-        torch.arange(c, device=dev).view(1, c, 1, 1),
-        rows.view(b, 1, h, 1),
-        cols.view(b, 1, 1, w),
-    ]
+    rows, cols = _crop_sources(h, w, pad, images.device)
+    source = rows[top] + cols[torch.add(left, flip, alpha=2 * pad + 1)]  # [B, (V,) H, W]
+    pixels = images[idx].view(b, c, h * w).gather(2, source.view(b, 1, -1).expand(b, c, -1))
+    if top.dim() == 1:
+        return pixels.view(b, c, h, w)
+    # each view contiguous: one layout for every view (what a compiled consumer is traced for)
+    return pixels.view(b, c, -1, h, w).movedim(2, 0).contiguous()
