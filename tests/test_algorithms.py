@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bacon_zoo.algorithms import (
     ABC,
@@ -497,3 +498,44 @@ def test_bacon_is_abc_plus_contrastive():
     la, _ = abc.loss(out, batch, 2, 10)
     lb, _ = bacon.loss(out, batch, 2, 10)
     assert torch.equal(la, lb)
+
+
+def test_the_plugins_batch_negatives_are_the_general_ones():
+    """BaCon's step builds its masks with `batch_negatives` (labeled rows first, in fewer ops); they,
+    and the losses from them, equal the general `reliable_negatives` / `bacon_contrastive_terms`."""
+    from bacon_zoo.algorithms.bacon import (
+        bacon_contrastive_terms,
+        batch_negatives,
+        contrastive_terms,
+    )
+
+    for seed in range(5):
+        feats, labels, is_lab, topk, _, centers, tau, valid = random_problem(6, 4, 12, seed)
+        b = int(is_lab.sum())
+        onehot, neg = batch_negatives(labels, b, topk[b:], 6, feats.dtype)
+        assert torch.equal(neg, reliable_negatives(labels, is_lab, topk, 6).to(feats.dtype))
+        assert torch.equal(onehot, F.one_hot(labels, 6).to(feats.dtype))
+        got = contrastive_terms(feats, labels, onehot, neg, centers, tau, center_valid=valid)
+        want = bacon_contrastive_terms(
+            feats, labels, is_lab, topk, centers, tau, center_valid=valid
+        )
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_short_normalize_backward_is_torchs(dtype):
+    """`_normalize` (BaCon's F.normalize with a 9-op backward): the same values and gradients, bit for
+    bit, a zero row included."""
+    from bacon_zoo.algorithms.bacon import _normalize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g, dtype=dtype)
+    x[3] = 0.0
+    up = torch.randn(64, 16, generator=g, dtype=dtype)
+    outs = []
+    for fn in (_normalize, lambda t: F.normalize(t, dim=1)):
+        t = x.clone().requires_grad_()
+        y = fn(t)
+        y.backward(up)
+        outs.append((y.detach(), t.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
