@@ -48,7 +48,9 @@ PARTS = (
 
 
 def measure(steps: int) -> dict[str, float]:
-    """Median ms per part of one loop iteration, with whatever `bacon_zoo` is first on sys.path."""
+    """Median ms per part of one loop iteration, with whatever `bacon_zoo` is first on sys.path.
+    The setup is `ops.build`'s, written with only the APIs older commits have (no `common`, whose
+    import would put this tree's package first)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
